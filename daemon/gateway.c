@@ -1,0 +1,878 @@
+/* gateway.c - the request path: route, authenticate, admit, relay, log. */
+#include "daemon/gateway.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/base/clock.h"
+#include "daemon/base/log.h"
+#include "daemon/http_server.h"
+#include "daemon/httpc.h"
+#include "daemon/version.h"
+#include "providers/mock.h"
+#include "providers/openai.h"
+#include "providers/sse.h"
+
+#define GW_MAX_EVENT_BYTES (8u * 1024 * 1024)   /* one SSE event from upstream */
+#define GW_MAX_RESPONSE_BYTES (64u * 1024 * 1024) /* a buffered non-stream response */
+#define GW_MAX_UPSTREAM_BODY (64u * 1024 * 1024)  /* the rewritten request body */
+#define GW_RATE_SLOTS 1024                        /* initial rate-limiter table size */
+
+/* A per-key token bucket for requests per minute. Kept across reloads,
+ * keyed by the key's digest. */
+typedef struct rate_bucket {
+    uint8_t sha256[CRYPTO_SHA256_LEN]; /* the key */
+    uint32_t rpm;                      /* the limit it was filled for */
+    double tokens;                     /* requests available now (not money: a rate) */
+    uint64_t last_ns;                  /* last refill */
+    struct rate_bucket *next;          /* hash chain */
+} rate_bucket;
+
+struct gateway {
+    uv_loop_t *loop;          /* the loop this gateway runs on */
+    const config *cfg;        /* current configuration (own reference) */
+    http_server *srv;         /* inbound server */
+    httpc_pool *pool;         /* upstream connections */
+    mock_state *mocks;        /* per-provider mock counters, by provider index */
+    size_t nmocks;            /* entries in mocks */
+    rate_bucket *rates[GW_RATE_SLOTS]; /* rate limiter buckets */
+    uint64_t inflight;        /* requests being answered */
+    bool closing;             /* gateway_close called */
+};
+
+enum call_phase {
+    CALL_UPSTREAM,  /* waiting for the upstream's status line */
+    CALL_STREAMING, /* relaying an SSE body */
+    CALL_BUFFERING, /* collecting a non-stream (or error) body */
+    CALL_DONE,      /* finished; being freed */
+};
+
+/* One proxied chat completion. */
+typedef struct call {
+    gateway *gw;                   /* owner */
+    http_req *req;                 /* the client request (NULL once finished/aborted) */
+    const config *cfg;             /* config it started with (own reference) */
+    const config_key *key;         /* the caller's key */
+    const config_provider *prov;   /* where it goes */
+    enum call_phase phase;         /* where it is */
+    openai_req_info info;          /* what the body asked for */
+    char provider_model[256];      /* the provider's model name */
+    buf up_head;                   /* upstream request head */
+    buf up_body;                   /* upstream request body (rewritten) */
+    upstream_call *up;             /* the upstream call, NULL when none in flight */
+    int up_status;                 /* upstream HTTP status */
+    char up_ctype[128];            /* upstream content type */
+    char up_headers[1024];         /* upstream headers we pass on (x-ratelimit-*) */
+    sse_parser sse;                /* stream parser */
+    bool sse_init;                 /* sse was initialised */
+    buf out;                       /* bytes to forward from one upstream read */
+    buf resp;                      /* buffered non-stream body */
+    bool paused;                   /* upstream paused for a slow client */
+    bool upstream_cut;             /* the SSE parser hit an error */
+    openai_usage usage;            /* usage the provider reported */
+    bool have_usage;               /* usage was reported */
+    int status;                    /* status sent to the client */
+    const char *error;             /* why it failed, for the log */
+    uint64_t t_upstream_ns;        /* upstream call started */
+    uint64_t t_first_ns;           /* first body byte relayed to the client */
+    uint64_t overhead_ns;          /* time spent inside tollgate's own code */
+    uint64_t bytes_out;            /* body bytes relayed */
+} call;
+
+/* ------------------------------------------------------------ responses */
+
+/* Sends an OpenAI-shaped error and finishes the request. */
+static void send_error(http_req *req, int status, const char *type, const char *code,
+                       const char *param, const char *headers, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+static void send_error(http_req *req, int status, const char *type, const char *code,
+                       const char *param, const char *headers, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    buf b;
+    buf_init(&b, 4096);
+    if (openai_error_body(&b, msg, type, param, code) != 0) {
+        buf_free(&b);
+        http_respond(req, 500, "text/plain", NULL, "internal error\n", 15);
+        return;
+    }
+    http_respond(req, status, "application/json", headers, b.data, b.len);
+    buf_free(&b);
+}
+
+static void access_log_simple(http_req *req, int status, const char *key_alias)
+{
+    uint64_t now = clock_mono_ns();
+    buf b;
+    buf_init(&b, 4096);
+    int rc = buf_printf(&b, "{\"request_id\":\"%s\",\"method\":\"%s\",\"path\":\"", req->request_id,
+                        llhttp_method_name(req->method));
+    /* the path is user input: escaped, and cut */
+    if (!rc)
+        rc = buf_append_json_escaped(&b, req->path.p, req->path.len > 256 ? 256 : req->path.len);
+    if (!rc)
+        rc = buf_printf(&b, "\",\"key_alias\":%s%s%s,\"status\":%d,\"latency_ms\":%.3f}",
+                        key_alias ? "\"" : "", key_alias ? key_alias : "null",
+                        key_alias ? "\"" : "", status, (double)(now - req->t_start_ns) / 1e6);
+    if (!rc)
+        log_access(b.data, b.len);
+    buf_free(&b);
+}
+
+/* ------------------------------------------------------------ the call */
+
+static void call_free(call *c)
+{
+    if (c->sse_init)
+        sse_parser_free(&c->sse);
+    buf_free(&c->up_head);
+    buf_free(&c->up_body);
+    buf_free(&c->out);
+    buf_free(&c->resp);
+    config_unref(c->cfg);
+    c->gw->inflight--;
+    free(c);
+}
+
+static void call_log(call *c)
+{
+    http_req *req = c->req;
+    uint64_t now = clock_mono_ns();
+    buf b;
+    buf_init(&b, 8192);
+    const char *src = c->have_usage ? "provider" : "none";
+    double ttft = c->t_first_ns ? (double)(c->t_first_ns - req->t_start_ns) / 1e6 : -1;
+    int rc = buf_printf(&b,
+                        "{\"request_id\":\"%s\",\"method\":\"POST\",\"path\":\"/v1/chat/completions\","
+                        "\"key_alias\":\"%s\",\"model\":\"",
+                        req->request_id, c->key->alias);
+    if (!rc)
+        rc = buf_append_json_escaped(&b, c->info.model, strlen(c->info.model));
+    if (!rc)
+        rc = buf_printf(&b, "\",\"provider\":\"%s\",\"provider_model\":\"", c->prov->name);
+    if (!rc)
+        rc = buf_append_json_escaped(&b, c->provider_model, strlen(c->provider_model));
+    if (!rc)
+        rc = buf_printf(&b,
+                        "\",\"stream\":%s,\"status\":%d,\"upstream_status\":%d,"
+                        "\"prompt_tokens\":%" PRId64 ",\"completion_tokens\":%" PRId64
+                        ",\"cached_tokens\":%" PRId64 ",\"usage_source\":\"%s\","
+                        "\"latency_ms\":%.3f,\"ttft_ms\":%.3f,\"overhead_us\":%.1f,"
+                        "\"bytes_out\":%" PRIu64 ",\"error\":",
+                        c->info.stream ? "true" : "false", c->status, c->up_status,
+                        c->have_usage ? c->usage.prompt_tokens : 0,
+                        c->have_usage ? c->usage.completion_tokens : 0,
+                        c->have_usage && c->usage.cached_tokens > 0 ? c->usage.cached_tokens : 0,
+                        src, (double)(now - req->t_start_ns) / 1e6, ttft,
+                        (double)c->overhead_ns / 1e3, c->bytes_out);
+    if (!rc && c->error) {
+        rc = buf_append(&b, "\"", 1);
+        if (!rc)
+            rc = buf_append_json_escaped(&b, c->error, strlen(c->error));
+        if (!rc)
+            rc = buf_append(&b, "\"}", 2);
+    } else if (!rc) {
+        rc = buf_append_str(&b, "null}");
+    }
+    if (!rc)
+        log_access(b.data, b.len);
+    buf_free(&b);
+}
+
+/* The call is over for the client: log, release. */
+static void call_end(call *c)
+{
+    c->phase = CALL_DONE;
+    call_log(c);
+    c->req->on_abort = NULL;
+    c->req->on_drain = NULL;
+    c->req->app = NULL;
+    c->req = NULL;
+    call_free(c);
+}
+
+static int upstream_error_status(const char *err)
+{
+    if (err == upstream_err_timeout_connect || err == upstream_err_timeout_tls ||
+        err == upstream_err_timeout_first_byte || err == upstream_err_timeout_idle ||
+        err == upstream_err_timeout_total)
+        return 504;
+    if (err == upstream_err_shutdown)
+        return 503;
+    return 502;
+}
+
+static const char *upstream_error_code(const char *err)
+{
+    if (upstream_error_status(err) == 504)
+        return "upstream_timeout";
+    if (err == upstream_err_tls)
+        return "upstream_tls_error";
+    if (err == upstream_err_reset || err == upstream_err_injected)
+        return "upstream_disconnected";
+    return "upstream_unavailable";
+}
+
+static void call_on_abort(http_req *req, void *ud)
+{
+    call *c = ud;
+    (void)req;
+    uint64_t t0 = clock_mono_ns();
+    if (c->up) {
+        upstream_abort(c->up); /* closes the upstream connection at once */
+        c->up = NULL;
+    }
+    c->status = 499;
+    c->error = "client closed the connection";
+    c->overhead_ns += clock_mono_ns() - t0;
+    call_end(c);
+}
+
+static void call_on_drain(http_req *req, void *ud)
+{
+    call *c = ud;
+    (void)req;
+    if (c->paused && c->up) {
+        c->paused = false;
+        upstream_resume(c->up);
+    }
+}
+
+/* One SSE event from upstream: decide what the client sees. */
+static int call_on_event(const sse_event *ev, void *ud)
+{
+    call *c = ud;
+    if (ev->has_data && !(ev->data.len == 6 && memcmp(ev->data.p, "[DONE]", 6) == 0)) {
+        openai_chunk_info ci;
+        if (openai_chunk_scan(ev->data.p, ev->data.len, &ci) == 0) {
+            if (ci.has_usage) {
+                c->usage = ci.usage;
+                c->have_usage = true;
+            }
+            if (openai_chunk_is_usage_only(&ci) && !c->info.include_usage)
+                return 0; /* asked for by tollgate, not by the caller */
+        }
+    }
+    return buf_append(&c->out, ev->raw.p, ev->raw.len) == 0 ? 0 : -1;
+}
+
+static int call_on_head(upstream_call *up, int status, const upstream_header *hdrs, size_t n,
+                        void *ud)
+{
+    call *c = ud;
+    uint64_t t0 = clock_mono_ns();
+    (void)up;
+    c->up_status = status;
+    size_t hl = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (slice_eq_nocase(hdrs[i].name, "content-type")) {
+            size_t l = hdrs[i].value.len < sizeof(c->up_ctype) - 1 ? hdrs[i].value.len
+                                                                    : sizeof(c->up_ctype) - 1;
+            memcpy(c->up_ctype, hdrs[i].value.p, l);
+            c->up_ctype[l] = '\0';
+        } else if (hdrs[i].name.len > 12 && strncasecmp(hdrs[i].name.p, "x-ratelimit-", 12) == 0) {
+            int k = snprintf(c->up_headers + hl, sizeof(c->up_headers) - hl, "%.*s: %.*s\r\n",
+                             (int)hdrs[i].name.len, hdrs[i].name.p, (int)hdrs[i].value.len,
+                             hdrs[i].value.p);
+            if (k > 0 && (size_t)k < sizeof(c->up_headers) - hl)
+                hl += (size_t)k;
+            else
+                c->up_headers[hl] = '\0';
+        }
+    }
+    if (c->info.stream && status == 200) {
+        c->phase = CALL_STREAMING;
+        if (sse_parser_init(&c->sse, GW_MAX_EVENT_BYTES, call_on_event, c) != 0)
+            return -1;
+        c->sse_init = true;
+        c->status = 200;
+        uint64_t now = clock_mono_ns();
+        c->overhead_ns += now - t0;
+        char hdr[1400];
+        snprintf(hdr, sizeof(hdr), "Cache-Control: no-cache\r\nx-tollgate-overhead-us: %" PRIu64 "\r\n%s",
+                 c->overhead_ns / 1000, c->up_headers);
+        if (http_stream_start(c->req, 200, "text/event-stream; charset=utf-8", hdr) != 0) {
+            c->up = NULL; /* released by returning -1; on_abort follows from the loop */
+            return -1;
+        }
+        return 0;
+    }
+    c->phase = CALL_BUFFERING;
+    c->overhead_ns += clock_mono_ns() - t0;
+    return 0;
+}
+
+static void stream_fail(call *c, const char *err);
+
+/* Gives up on the upstream from inside one of its callbacks (which then
+ * returns -1, releasing it): the client gets an error in the right shape. */
+static int call_fail_inside(call *c, const char *why)
+{
+    c->up = NULL;
+    c->error = why;
+    http_req *r = c->req;
+    if (c->phase == CALL_STREAMING) {
+        stream_fail(c, why);
+        call_end(c);
+        http_stream_end(r);
+    } else {
+        c->status = 502;
+        call_end(c);
+        send_error(r, 502, "upstream_error", "upstream_invalid_response", NULL, NULL, "%s", why);
+    }
+    return -1;
+}
+
+static int call_on_body(upstream_call *up, const char *p, size_t n, void *ud)
+{
+    call *c = ud;
+    uint64_t t0 = clock_mono_ns();
+    if (c->phase == CALL_BUFFERING) {
+        if (buf_append(&c->resp, p, n) != 0)
+            return call_fail_inside(c, "upstream response too large");
+        c->overhead_ns += clock_mono_ns() - t0;
+        return 0;
+    }
+    buf_reset(&c->out);
+    int rc = sse_parser_feed(&c->sse, p, n);
+    if (rc != 0)
+        return call_fail_inside(c, "upstream sent an invalid or oversized event stream");
+    if (c->out.len) {
+        if (!c->t_first_ns)
+            c->t_first_ns = clock_mono_ns();
+        c->bytes_out += c->out.len;
+        rc = http_stream_write(c->req, c->out.data, c->out.len);
+        if (rc < 0) {
+            c->up = NULL; /* released by returning -1; on_abort follows from the loop */
+            return -1;
+        }
+        if (rc == 1 && !c->paused) {
+            c->paused = true;
+            upstream_pause(up);
+        }
+    }
+    c->overhead_ns += clock_mono_ns() - t0;
+    return 0;
+}
+
+/* Ends a stream after an upstream failure with a well-formed error event. */
+static void stream_fail(call *c, const char *err)
+{
+    buf b;
+    buf_init(&b, 4096);
+    char msg[256];
+    snprintf(msg, sizeof(msg), "upstream %s failed mid-stream: %s", c->prov->name, err);
+    buf e;
+    buf_init(&e, 2048);
+    if (openai_error_body(&e, msg, "upstream_error", NULL, upstream_error_code(err)) == 0 &&
+        buf_append_str(&b, "data: ") == 0 && buf_append(&b, e.data, e.len) == 0 &&
+        buf_append_str(&b, "\n\n") == 0)
+        (void)http_stream_write(c->req, b.data, b.len);
+    buf_free(&e);
+    buf_free(&b);
+}
+
+static void call_on_done(upstream_call *up, const char *err, void *ud)
+{
+    call *c = ud;
+    uint64_t t0 = clock_mono_ns();
+    (void)up;
+    c->up = NULL;
+    http_req *req = c->req;
+    if (c->phase == CALL_STREAMING) {
+        if (err) {
+            c->error = err;
+            log_info(req->request_id, "upstream %s: %s after %" PRIu64 " bytes", c->prov->name, err,
+                     c->bytes_out);
+            stream_fail(c, err);
+        } else if (sse_parser_finish(&c->sse) == SSE_UNTERMINATED) {
+            log_info(req->request_id, "upstream %s ended inside an event", c->prov->name);
+        }
+        c->overhead_ns += clock_mono_ns() - t0;
+        http_req *r = c->req;
+        call_end(c);
+        http_stream_end(r);
+        return;
+    }
+    if (err && c->phase == CALL_UPSTREAM) {
+        c->error = err;
+        c->status = upstream_error_status(err);
+        log_info(req->request_id, "upstream %s: %s", c->prov->name, err);
+        c->overhead_ns += clock_mono_ns() - t0;
+        http_req *r = c->req;
+        const char *code = upstream_error_code(err);
+        int st = c->status;
+        char pname[64];
+        snprintf(pname, sizeof(pname), "%s", c->prov->name);
+        call_end(c);
+        send_error(r, st, "upstream_error", code, NULL, NULL, "upstream provider '%s': %s", pname,
+                   err);
+        return;
+    }
+    if (err) {
+        /* failed while buffering a non-stream body: nothing sent yet */
+        c->error = err;
+        c->status = upstream_error_status(err);
+        http_req *r = c->req;
+        int st = c->status;
+        const char *code = upstream_error_code(err);
+        call_end(c);
+        send_error(r, st, "upstream_error", code, NULL, NULL,
+                   "upstream connection failed before the response completed: %s", err);
+        return;
+    }
+    /* a whole non-stream (or error) response */
+    c->status = c->up_status;
+    if (c->up_status == 200 && openai_resp_usage(c->resp.data ? c->resp.data : "", c->resp.len,
+                                                 &c->usage) == 0)
+        c->have_usage = true;
+    c->bytes_out = c->resp.len;
+    c->t_first_ns = clock_mono_ns();
+    c->overhead_ns += c->t_first_ns - t0;
+    char hdr[1400];
+    snprintf(hdr, sizeof(hdr), "x-tollgate-overhead-us: %" PRIu64 "\r\n%s", c->overhead_ns / 1000,
+             c->up_headers);
+    http_req *r = c->req;
+    buf body = c->resp; /* keep the bytes past call_end */
+    buf_init(&c->resp, 0);
+    char ctype[128];
+    snprintf(ctype, sizeof(ctype), "%s", c->up_ctype[0] ? c->up_ctype : "application/json");
+    int st = c->up_status;
+    call_end(c);
+    http_respond(r, st, ctype, hdr, body.data ? body.data : "", body.len);
+    buf_free(&body);
+}
+
+static const upstream_callbacks call_callbacks = {
+    .on_head = call_on_head,
+    .on_body = call_on_body,
+    .on_done = call_on_done,
+};
+
+/* ------------------------------------------------------------ admission */
+
+static const config_key *authenticate(const config *cfg, http_req *req)
+{
+    slice a = http_req_header(req, "authorization");
+    if (a.len > 7 && strncasecmp(a.p, "bearer ", 7) == 0) {
+        const char *k = a.p + 7;
+        size_t n = a.len - 7;
+        while (n && *k == ' ') {
+            k++;
+            n--;
+        }
+        return n ? config_find_key(cfg, k, n) : NULL;
+    }
+    slice x = http_req_header(req, "x-api-key");
+    if (x.len)
+        return config_find_key(cfg, x.p, x.len);
+    return NULL;
+}
+
+static bool has_credentials(http_req *req)
+{
+    return http_req_header(req, "authorization").len || http_req_header(req, "x-api-key").len;
+}
+
+static size_t rate_slot(const uint8_t *sha) { return (sha[0] | (size_t)sha[1] << 8) % GW_RATE_SLOTS; }
+
+/* Token bucket per key: rpm requests per minute, burst rpm. Returns true
+ * if admitted; fills remaining and reset_s for the x-ratelimit headers. */
+static bool rate_admit(gateway *gw, const config_key *key, uint32_t *remaining, double *reset_s)
+{
+    if (!key->rpm)
+        return true;
+    size_t slot = rate_slot(key->sha256);
+    rate_bucket *b = gw->rates[slot];
+    while (b && memcmp(b->sha256, key->sha256, CRYPTO_SHA256_LEN) != 0)
+        b = b->next;
+    uint64_t now = clock_mono_ns();
+    if (!b) {
+        b = calloc(1, sizeof(*b));
+        if (!b)
+            return true; /* out of memory: do not refuse paying traffic */
+        memcpy(b->sha256, key->sha256, CRYPTO_SHA256_LEN);
+        b->rpm = key->rpm;
+        b->tokens = key->rpm;
+        b->last_ns = now;
+        b->next = gw->rates[slot];
+        gw->rates[slot] = b;
+    }
+    if (b->rpm != key->rpm) { /* changed by a reload */
+        if (b->tokens > key->rpm)
+            b->tokens = key->rpm;
+        b->rpm = key->rpm;
+    }
+    double rate = key->rpm / 60e9; /* per ns */
+    b->tokens += (double)(now - b->last_ns) * rate;
+    if (b->tokens > key->rpm)
+        b->tokens = key->rpm;
+    b->last_ns = now;
+    bool ok = b->tokens >= 1.0;
+    if (ok)
+        b->tokens -= 1.0;
+    *remaining = (uint32_t)b->tokens;
+    *reset_s = b->tokens >= 1.0 ? 0 : (1.0 - b->tokens) / (rate * 1e9);
+    return ok;
+}
+
+static int build_upstream_request(call *c, const slice *pmodel)
+{
+    const config_provider *p = c->prov;
+    buf_init(&c->up_body, GW_MAX_UPSTREAM_BODY);
+    buf_init(&c->up_head, 64 * 1024);
+    int rc = openai_req_rewrite(c->req->body.p, c->req->body.len, &c->info, pmodel->p, pmodel->len,
+                                c->info.stream, &c->up_body);
+    if (rc)
+        return rc;
+    if (p->type == CONFIG_PROVIDER_MOCK)
+        return 0;
+    rc = buf_printf(&c->up_head,
+                    "POST %s/chat/completions HTTP/1.1\r\nHost: %s\r\n"
+                    "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+                    "Accept: %s\r\nUser-Agent: tollgate/%s\r\nx-request-id: %s\r\n",
+                    p->url.path, p->url.authority, c->up_body.len,
+                    c->info.stream ? "text/event-stream" : "application/json", tg_version,
+                    c->req->request_id);
+    if (!rc && p->api_key)
+        rc = buf_printf(&c->up_head, "Authorization: Bearer %s\r\n", p->api_key);
+    for (size_t i = 0; !rc && i < p->nheaders; i++)
+        rc = buf_printf(&c->up_head, "%s: %s\r\n", p->headers[i].name, p->headers[i].value);
+    if (!rc)
+        rc = buf_append(&c->up_head, "\r\n", 2);
+    return rc;
+}
+
+static mock_state *gateway_mock_state(gateway *gw, const config *cfg, const config_provider *p)
+{
+    size_t idx = (size_t)(p - cfg->providers);
+    if (idx >= gw->nmocks) {
+        mock_state *m = realloc(gw->mocks, (idx + 1) * sizeof(*m));
+        if (!m)
+            return NULL;
+        memset(m + gw->nmocks, 0, (idx + 1 - gw->nmocks) * sizeof(*m));
+        gw->mocks = m;
+        gw->nmocks = idx + 1;
+    }
+    return &gw->mocks[idx];
+}
+
+static void handle_chat(gateway *gw, http_req *req)
+{
+    uint64_t t0 = clock_mono_ns();
+    const config *cfg = gw->cfg;
+    const config_key *key = authenticate(cfg, req);
+    if (!key) {
+        bool had = has_credentials(req);
+        access_log_simple(req, 401, NULL);
+        send_error(req, 401, "invalid_request_error", "invalid_api_key", NULL, NULL,
+                   had ? "Incorrect API key provided."
+                       : "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.");
+        return;
+    }
+    call *c = calloc(1, sizeof(*c));
+    if (!c) {
+        send_error(req, 500, "server_error", NULL, NULL, NULL, "out of memory");
+        return;
+    }
+    c->gw = gw;
+    c->req = req;
+    c->cfg = config_ref(cfg);
+    c->key = key;
+    buf_init(&c->out, GW_MAX_EVENT_BYTES);
+    buf_init(&c->resp, GW_MAX_RESPONSE_BYTES);
+    buf_init(&c->up_head, 0);
+    buf_init(&c->up_body, 0);
+    gw->inflight++;
+
+    openai_err oe;
+    if (openai_req_scan(req->body.p, req->body.len, &c->info, &oe) != 0) {
+        access_log_simple(req, oe.status, key->alias);
+        c->req = NULL;
+        call_free(c);
+        send_error(req, oe.status, oe.type, oe.code, oe.param, NULL, "%s", oe.message);
+        return;
+    }
+    slice pmodel;
+    const config_model *m = config_find_model(cfg, c->info.model, strlen(c->info.model), &pmodel);
+    if (!m) {
+        access_log_simple(req, 404, key->alias);
+        char model[256];
+        snprintf(model, sizeof(model), "%s", c->info.model);
+        c->req = NULL;
+        call_free(c);
+        send_error(req, 404, "invalid_request_error", "model_not_found", "model", NULL,
+                   "The model '%s' does not exist or you do not have access to it.", model);
+        return;
+    }
+    if (!config_key_allows(key, c->info.model, strlen(c->info.model))) {
+        access_log_simple(req, 403, key->alias);
+        char model[256];
+        snprintf(model, sizeof(model), "%s", c->info.model);
+        c->req = NULL;
+        call_free(c);
+        send_error(req, 403, "permission_error", "model_not_allowed", "model", NULL,
+                   "This key is not allowed to use the model '%s'.", model);
+        return;
+    }
+    uint32_t remaining = 0;
+    double reset_s = 0;
+    if (!rate_admit(gw, key, &remaining, &reset_s)) {
+        char hdr[256];
+        snprintf(hdr, sizeof(hdr),
+                 "x-ratelimit-limit-requests: %u\r\nx-ratelimit-remaining-requests: 0\r\n"
+                 "x-ratelimit-reset-requests: %.3fs\r\nretry-after: %u\r\n",
+                 key->rpm, reset_s, (unsigned)(reset_s + 0.999));
+        access_log_simple(req, 429, key->alias);
+        c->req = NULL;
+        call_free(c);
+        send_error(req, 429, "rate_limit_error", "rate_limit_exceeded", NULL, hdr,
+                   "Rate limit reached for key '%s': %u requests per minute.", key->alias, key->rpm);
+        return;
+    }
+    c->prov = m->provider;
+    size_t pl = pmodel.len < sizeof(c->provider_model) - 1 ? pmodel.len : sizeof(c->provider_model) - 1;
+    memcpy(c->provider_model, pmodel.p, pl);
+    c->provider_model[pl] = '\0';
+    if (build_upstream_request(c, &pmodel) != 0) {
+        access_log_simple(req, 500, key->alias);
+        c->req = NULL;
+        call_free(c);
+        send_error(req, 500, "server_error", NULL, NULL, NULL, "could not build the upstream request");
+        return;
+    }
+    req->app = c;
+    req->on_abort = call_on_abort;
+    req->on_drain = call_on_drain;
+    c->phase = CALL_UPSTREAM;
+    c->t_upstream_ns = clock_mono_ns();
+    int rc;
+    if (c->prov->type == CONFIG_PROVIDER_MOCK) {
+        rc = mock_call_start(gw->loop, &c->prov->mock, gateway_mock_state(gw, cfg, c->prov),
+                             c->up_body.data, c->up_body.len, &call_callbacks, c, &c->up);
+    } else {
+        const config_provider *p = c->prov;
+        httpc_target t = {
+            .host = p->url.host,
+            .port = p->url.port,
+            .tls = p->url.tls,
+            .tls_verify = p->tls_verify,
+            .ca_file = p->ca_file,
+            .max_connections = p->pool_max_connections,
+            .idle_timeout_ms = p->pool_idle_timeout_ms,
+        };
+        httpc_timeouts to = {
+            .connect_ms = p->timeouts.connect_ms,
+            .tls_ms = p->timeouts.tls_ms,
+            .first_byte_ms = p->timeouts.first_byte_ms,
+            .idle_ms = p->timeouts.idle_ms,
+            .total_ms = p->timeouts.total_ms,
+        };
+        uv_buf_t bufs[2] = {uv_buf_init(c->up_head.data, (unsigned)c->up_head.len),
+                            uv_buf_init(c->up_body.data, (unsigned)c->up_body.len)};
+        rc = httpc_call_start(gw->pool, &t, &to, bufs, 2, &call_callbacks, c, &c->up);
+    }
+    c->overhead_ns += clock_mono_ns() - t0;
+    if (rc != 0) {
+        c->error = "could not start the upstream call";
+        c->status = 502;
+        call_end(c);
+        send_error(req, 502, "upstream_error", "upstream_unavailable", NULL, NULL,
+                   "could not start the upstream call");
+    }
+}
+
+/* ------------------------------------------------------------ other routes */
+
+static void handle_models(gateway *gw, http_req *req)
+{
+    const config *cfg = gw->cfg;
+    const config_key *key = authenticate(cfg, req);
+    if (!key) {
+        access_log_simple(req, 401, NULL);
+        send_error(req, 401, "invalid_request_error", "invalid_api_key", NULL, NULL,
+                   has_credentials(req) ? "Incorrect API key provided."
+                                        : "You didn't provide an API key.");
+        return;
+    }
+    buf b;
+    buf_init(&b, 4u * 1024 * 1024);
+    int rc = buf_append_str(&b, "{\"object\":\"list\",\"data\":[");
+    bool first = true;
+    for (size_t i = 0; !rc && i < cfg->nmodels; i++) {
+        const config_model *m = &cfg->models[i];
+        if (!config_key_allows(key, m->name, strlen(m->name)))
+            continue;
+        rc = buf_printf(&b, "%s{\"id\":\"", first ? "" : ",");
+        if (!rc)
+            rc = buf_append_json_escaped(&b, m->name, strlen(m->name));
+        if (!rc)
+            rc = buf_printf(&b, "\",\"object\":\"model\",\"created\":0,\"owned_by\":\"%s\"}",
+                            m->provider->name);
+        first = false;
+    }
+    if (!rc)
+        rc = buf_append_str(&b, "]}");
+    access_log_simple(req, rc ? 500 : 200, key->alias);
+    if (rc)
+        send_error(req, 500, "server_error", NULL, NULL, NULL, "model list too large");
+    else
+        http_respond(req, 200, "application/json", NULL, b.data, b.len);
+    buf_free(&b);
+}
+
+typedef struct route {
+    const char *path;   /* exact path */
+    uint8_t method;     /* the one method it takes */
+    const char *allow;  /* Allow header value */
+    void (*fn)(gateway *gw, http_req *req);
+} route;
+
+static void handle_health(gateway *gw, http_req *req)
+{
+    (void)gw;
+    http_respond(req, 200, "application/json", NULL, "{\"status\":\"ok\"}", 15);
+}
+
+static void handle_ready(gateway *gw, http_req *req)
+{
+    if (http_server_draining(gw->srv) || gw->closing)
+        http_respond(req, 503, "application/json", NULL, "{\"status\":\"draining\"}", 21);
+    else
+        http_respond(req, 200, "application/json", NULL, "{\"status\":\"ready\"}", 18);
+}
+
+static const route routes[] = {
+    {"/v1/chat/completions", HTTP_POST, "POST", handle_chat},
+    {"/chat/completions", HTTP_POST, "POST", handle_chat},
+    {"/v1/models", HTTP_GET, "GET", handle_models},
+    {"/models", HTTP_GET, "GET", handle_models},
+    {"/health", HTTP_GET, "GET", handle_health},
+    {"/health/live", HTTP_GET, "GET", handle_health},
+    {"/health/ready", HTTP_GET, "GET", handle_ready},
+};
+
+static void on_request(http_req *req, void *ud)
+{
+    gateway *gw = ud;
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        if (!slice_eq(req->path, routes[i].path))
+            continue;
+        if (req->method != routes[i].method) {
+            char hdr[64];
+            snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", routes[i].allow);
+            access_log_simple(req, 405, NULL);
+            send_error(req, 405, "invalid_request_error", "method_not_allowed", NULL, hdr,
+                       "Method %s is not allowed on %s; use %s.", llhttp_method_name(req->method),
+                       routes[i].path, routes[i].allow);
+            return;
+        }
+        routes[i].fn(gw, req);
+        return;
+    }
+    access_log_simple(req, 404, NULL);
+    char path[160];
+    size_t n = req->path.len < 120 ? req->path.len : 120;
+    /* the path is echoed in a JSON string: escaping happens in send_error */
+    memcpy(path, req->path.p, n);
+    path[n] = '\0';
+    send_error(req, 404, "invalid_request_error", "unknown_url", NULL, NULL,
+               "Unknown request URL: %s %s.", llhttp_method_name(req->method), path);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static http_limits limits_of(const config *cfg)
+{
+    http_limits l = {
+        .max_header_bytes = cfg->max_header_bytes,
+        .max_headers = cfg->max_headers,
+        .max_body_bytes = cfg->max_body_bytes,
+        .header_timeout_ms = cfg->header_timeout_ms,
+        .body_timeout_ms = cfg->body_timeout_ms,
+        .idle_timeout_ms = cfg->idle_timeout_ms,
+        .send_timeout_ms = cfg->idle_timeout_ms,
+    };
+    return l;
+}
+
+gateway *gateway_new(uv_loop_t *loop, const config *cfg)
+{
+    gateway *gw = calloc(1, sizeof(*gw));
+    if (!gw)
+        return NULL;
+    gw->loop = loop;
+    gw->cfg = config_ref(cfg);
+    http_limits l = limits_of(cfg);
+    gw->srv = http_server_new(loop, &l, on_request, gw);
+    gw->pool = httpc_pool_new(loop);
+    if (!gw->srv || !gw->pool) {
+        gateway_free(gw);
+        return NULL;
+    }
+    return gw;
+}
+
+int gateway_start(gateway *gw)
+{
+    return http_server_listen(gw->srv, gw->cfg->listen.host, gw->cfg->listen.port);
+}
+
+uint16_t gateway_port(const gateway *gw) { return http_server_port(gw->srv); }
+uint64_t gateway_inflight(const gateway *gw) { return gw->inflight; }
+
+void gateway_reload(gateway *gw, const config *cfg)
+{
+    const char *fixed = config_restart_only_change(gw->cfg, cfg);
+    if (fixed)
+        log_warn(NULL, "reload: '%s' changed but needs a restart; keeping the running value", fixed);
+    const config *old = gw->cfg;
+    gw->cfg = config_ref(cfg);
+    /* the mock counters follow provider positions; start them afresh */
+    free(gw->mocks);
+    gw->mocks = NULL;
+    gw->nmocks = 0;
+    http_limits l = limits_of(cfg);
+    http_server_set_limits(gw->srv, &l);
+    config_unref(old);
+}
+
+void gateway_drain(gateway *gw, void (*done)(void *), void *ud)
+{
+    http_server_drain(gw->srv, done, ud);
+}
+
+void gateway_close(gateway *gw)
+{
+    gw->closing = true;
+    http_server_close_all(gw->srv);
+    httpc_pool_close(gw->pool);
+}
+
+void gateway_free(gateway *gw)
+{
+    if (!gw)
+        return;
+    for (size_t i = 0; i < GW_RATE_SLOTS; i++) {
+        rate_bucket *b = gw->rates[i];
+        while (b) {
+            rate_bucket *n = b->next;
+            free(b);
+            b = n;
+        }
+    }
+    if (gw->srv)
+        http_server_free(gw->srv);
+    free(gw->mocks);
+    config_unref(gw->cfg);
+    free(gw);
+}
