@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>

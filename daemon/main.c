@@ -111,6 +111,8 @@ static void on_hup(uv_signal_t *s, int signum)
     config_unref(cfg);
 }
 
+static const char *env_lookup(const char *name) { return getenv(name); }
+
 static int check_config(const char *path)
 {
     config *cfg = NULL;
@@ -131,7 +133,7 @@ static int run(const char *path)
     char err[512];
     char demo_key[CONFIG_DEMO_KEY_MAX] = "";
     int rc = path ? config_load_file(path, &cfg, err, sizeof(err))
-                  : config_default(getenv, &cfg, demo_key, sizeof(demo_key), err, sizeof(err));
+                  : config_default(env_lookup, &cfg, demo_key, sizeof(demo_key), err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "tollgate: %s\n", err);
         return 1;
