@@ -13,6 +13,7 @@
 #include "daemon/base/log.h"
 #include "daemon/http_server.h"
 #include "daemon/httpc.h"
+#include "daemon/tls.h"
 #include "daemon/version.h"
 #include "providers/mock.h"
 #include "providers/openai.h"
@@ -41,6 +42,9 @@ struct gateway {
     mock_state *mocks;        /* per-provider mock counters, by provider index */
     size_t nmocks;            /* entries in mocks */
     rate_bucket *rates[GW_RATE_SLOTS]; /* rate limiter buckets */
+    tls_config **tls;         /* TLS configs of the current providers, held so the CA
+                                 bundle is read at start/reload, never on a request */
+    size_t ntls;              /* entries in tls */
     uint64_t inflight;        /* requests being answered */
     bool closing;             /* gateway_close called */
 };
@@ -792,6 +796,27 @@ static void on_request(http_req *req, void *ud)
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* Builds (or finds) the TLS client config of every https provider now. */
+static void tls_prewarm(gateway *gw, const config *cfg)
+{
+    tls_config **held = calloc(cfg->nproviders ? cfg->nproviders : 1, sizeof(*held));
+    size_t n = 0;
+    for (size_t i = 0; held && i < cfg->nproviders; i++) {
+        const config_provider *p = &cfg->providers[i];
+        if (p->type == CONFIG_PROVIDER_MOCK || !p->url.tls)
+            continue;
+        if (tls_config_acquire(p->ca_file, p->tls_verify, &held[n]) == 0)
+            n++;
+        else
+            log_warn(NULL, "provider %s: TLS setup failed (ca_file?); its calls will fail", p->name);
+    }
+    for (size_t i = 0; i < gw->ntls; i++)
+        tls_config_release(gw->tls[i]);
+    free(gw->tls);
+    gw->tls = held;
+    gw->ntls = n;
+}
+
 static http_limits limits_of(const config *cfg)
 {
     http_limits l = {
@@ -820,6 +845,7 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
         gateway_free(gw);
         return NULL;
     }
+    tls_prewarm(gw, cfg);
     return gw;
 }
 
@@ -844,6 +870,7 @@ void gateway_reload(gateway *gw, const config *cfg)
     gw->nmocks = 0;
     http_limits l = limits_of(cfg);
     http_server_set_limits(gw->srv, &l);
+    tls_prewarm(gw, cfg);
     config_unref(old);
 }
 
@@ -873,6 +900,9 @@ void gateway_free(gateway *gw)
     }
     if (gw->srv)
         http_server_free(gw->srv);
+    for (size_t i = 0; i < gw->ntls; i++)
+        tls_config_release(gw->tls[i]);
+    free(gw->tls);
     free(gw->mocks);
     config_unref(gw->cfg);
     free(gw);
