@@ -156,10 +156,12 @@ static void call_log(call *c)
     buf_init(&b, 8192);
     const char *src = c->have_usage ? "provider" : "none";
     double ttft = c->t_first_ns ? (double)(c->t_first_ns - req->t_start_ns) / 1e6 : -1;
-    int rc = buf_printf(&b,
-                        "{\"request_id\":\"%s\",\"method\":\"POST\",\"path\":\"/v1/chat/completions\","
-                        "\"key_alias\":\"%s\",\"model\":\"",
-                        req->request_id, c->key->alias);
+    int rc = buf_printf(&b, "{\"request_id\":\"%s\",\"method\":\"POST\",\"path\":\"",
+                        req->request_id);
+    if (!rc)
+        rc = buf_append_json_escaped(&b, req->path.p, req->path.len);
+    if (!rc)
+        rc = buf_printf(&b, "\",\"key_alias\":\"%s\",\"model\":\"", c->key->alias);
     if (!rc)
         rc = buf_append_json_escaped(&b, c->info.model, strlen(c->info.model));
     if (!rc)
@@ -294,7 +296,10 @@ static int call_on_head(upstream_call *up, int status, const upstream_header *hd
                 c->up_headers[hl] = '\0';
         }
     }
-    if (c->info.stream && status == 200) {
+    /* an upstream that answers a stream request with plain JSON (some
+     * OpenAI-compatible servers ignore "stream") is relayed as JSON */
+    if (c->info.stream && status == 200 &&
+        (!c->up_ctype[0] || strncasecmp(c->up_ctype, "text/event-stream", 17) == 0)) {
         c->phase = CALL_STREAMING;
         if (sse_parser_init(&c->sse, GW_MAX_EVENT_BYTES, call_on_event, c) != 0)
             return -1;

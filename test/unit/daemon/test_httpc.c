@@ -50,7 +50,7 @@ static void test_post_is_sent_whole(void **state)
     assert_null(c.err);
     assert_int_equal(c.status, 201);
     tc_assert_body(&c, body);
-    char cl[16];
+    char cl[24];
     snprintf(cl, sizeof(cl), "%zu", strlen(body));
     assert_string_equal(c.probe_value, cl);
     tc_call_free(&c);
