@@ -2,10 +2,10 @@
 set(TG_WARNINGS
   -Wall -Wextra -Werror
   -Wshadow -Wpointer-arith -Wstrict-prototypes -Wmissing-prototypes
-  -Wwrite-strings -Wformat=2 -Wundef -Wvla -Wcast-align
+  -Wwrite-strings -Wformat=2 -Wundef -Wvla
   -Wno-unused-parameter -Wno-missing-field-initializers)
 if(CMAKE_C_COMPILER_ID MATCHES "GNU")
-  list(APPEND TG_WARNINGS -Wlogical-op -Wduplicated-cond)
+  list(APPEND TG_WARNINGS -Wlogical-op -Wduplicated-cond -Wcast-align)
 endif()
 
 function(tg_warnings target)
