@@ -77,6 +77,7 @@ typedef struct req_impl {
     bool headers_done;     /* later header callbacks are trailers: ignored */
     bool chunked_resp;     /* response uses chunked encoding */
     bool http10;           /* HTTP/1.0 request */
+    bool head;             /* HEAD request: the response carries no body bytes */
 } req_impl;
 
 struct http_conn {
@@ -211,6 +212,9 @@ static void write_cb(uv_write_t *w, int status)
         conn_close_graceful(c);
         return;
     }
+    if (c->pending == 0 && !c->req && !c->shut &&
+        (c->tstate == TIMER_NONE || c->tstate == TIMER_SEND))
+        timer_arm(c, TIMER_IDLE, c->srv->limits.idle_timeout_ms);
     if (c->want_drain && c->pending <= HTTP_LOW_WATER && c->req &&
         c->req->pub.state == REQ_STREAMING) {
         c->want_drain = false;
@@ -346,6 +350,9 @@ static void req_finish(http_conn *c)
     c->parser_paused = false;
     if (c->rbuf.len > 0)
         timer_arm(c, TIMER_RESUME, 0);
+    else if (c->pending > 0) /* the idle wait starts when the response is out */
+        timer_arm(c, c->srv->limits.send_timeout_ms ? TIMER_SEND : TIMER_NONE,
+                  c->srv->limits.send_timeout_ms);
     else
         timer_arm(c, TIMER_IDLE, c->srv->limits.idle_timeout_ms);
     if (!c->reading && !c->closing) {
@@ -380,7 +387,7 @@ int http_respond(http_req *req, int status, const char *content_type, const char
     if (rc == 0) {
         uv_buf_t bufs[2] = {uv_buf_init(head.data, (unsigned)head.len),
                             uv_buf_init((char *)(uintptr_t)body, (unsigned)len)};
-        rc = conn_write(c, bufs, len ? 2 : 1);
+        rc = conn_write(c, bufs, len && !r->head ? 2 : 1);
     }
     buf_free(&big);
     if (rc < 0) {
@@ -428,7 +435,7 @@ int http_stream_start(http_req *req, int status, const char *content_type, const
 int http_stream_write(http_req *req, const char *p, size_t n)
 {
     http_conn *c = req->conn;
-    if (n == 0)
+    if (n == 0 || ((req_impl *)req)->head)
         return c->pending > HTTP_HIGH_WATER;
     char sz[24];
     int k = snprintf(sz, sizeof(sz), "%zx\r\n", n);
@@ -450,7 +457,7 @@ int http_stream_end(http_req *req)
 {
     http_conn *c = req->conn;
     uv_buf_t b = uv_buf_init((char *)"0\r\n\r\n", 5);
-    int rc = conn_write(c, &b, 1);
+    int rc = ((req_impl *)req)->head ? 0 : conn_write(c, &b, 1);
     c->want_drain = false;
     if (rc < 0) {
         req->state = REQ_DONE;
@@ -580,6 +587,21 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
+/* A field name is a token (RFC 9110 5.6.2); llhttp 8 lets spaces and an
+ * empty name through. */
+static bool hdr_name_ok(const char *p, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", ch)) || ch == '\0')
+            return false;
+    }
+    return true;
+}
+
 static void req_sanitize_id(req_impl *r)
 {
     slice id = http_req_header(&r->pub, "x-request-id");
@@ -607,6 +629,14 @@ static int on_headers_complete(llhttp_t *p)
     /* the header bytes are final now: point the public view into them */
     for (size_t i = 0; i < r->noffs; i++) {
         hdr_off o = r->offs[i];
+        if (!hdr_name_ok(r->hdr.data + o.name_off, o.name_len)) {
+            c->error_status = 400;
+            c->error_msg = "invalid header field name";
+            return -1;
+        }
+        while (o.val_len > 0 && (r->hdr.data[o.val_off + o.val_len - 1] == ' ' ||
+                                 r->hdr.data[o.val_off + o.val_len - 1] == '\t'))
+            o.val_len--; /* trailing OWS is not part of the value (RFC 9110 5.5) */
         r->offs[i].h.name = slice_make(r->hdr.data + o.name_off, o.name_len);
         r->offs[i].h.value = slice_make(o.val_len ? r->hdr.data + o.val_off : "", o.val_len);
     }
@@ -618,6 +648,7 @@ static int on_headers_complete(llhttp_t *p)
     r->pub.query = q ? slice_make(q + 1, r->url_len - (size_t)(q - url) - 1) : slice_make("", 0);
     r->pub.method = p->method;
     r->http10 = p->http_major == 1 && p->http_minor == 0;
+    r->head = p->method == HTTP_HEAD;
     req_sanitize_id(r);
 
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > c->srv->limits.max_body_bytes) {
@@ -690,6 +721,7 @@ static ssize_t conn_parse(http_conn *c, const char *p, size_t n)
         int st = c->error_status;
         const char *code = st == 413 ? "request_too_large"
                            : st == 431 ? "request_header_fields_too_large"
+                           : st == 400 ? "bad_request"
                                        : NULL;
         conn_error(c, st, "invalid_request_error", code, c->error_msg);
     } else {
@@ -720,6 +752,10 @@ static void conn_process(http_conn *c)
     buf_consume(&c->rbuf, (size_t)used);
     if (c->rbuf.len == 0)
         buf_free(&c->rbuf); /* idle connections hold no buffer */
+    if (!c->reading && !c->parser_paused && c->rbuf.len < HTTP_PIPELINE_CAP) {
+        c->reading = true;
+        uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, conn_read_cb);
+    }
     if (c->ready)
         conn_dispatch(c);
 }
@@ -747,13 +783,16 @@ static void conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         return; /* lingering: discard */
     size_t n = (size_t)nread;
     if (c->parser_paused || c->rbuf.len > 0) {
-        /* a request is being answered: keep the bytes for later, capped */
+        /* a request is being answered: keep the bytes for later; the
+         * buffer has room for one more read past the cap, and reading stops
+         * once the cap is reached, so nothing read is ever dropped */
         if (buf_append(&c->rbuf, b->base, n) != 0) {
+            conn_close(c);
+            return;
+        }
+        if (c->rbuf.len >= HTTP_PIPELINE_CAP) {
             uv_read_stop(st);
             c->reading = false;
-            /* keep the bytes that fit; the rest stays in the kernel */
-            log_warn(NULL, "conn %llu pipelined too much; reading paused",
-                     (unsigned long long)c->id);
         }
         if (!c->parser_paused)
             conn_process(c);
@@ -899,7 +938,7 @@ static void accept_cb(uv_stream_t *ls, int status)
     uv_timer_init(s->loop, &c->timer);
     c->tcp.data = c;
     c->timer.data = c;
-    buf_init(&c->rbuf, HTTP_PIPELINE_CAP);
+    buf_init(&c->rbuf, HTTP_PIPELINE_CAP + HTTP_READ_CHUNK);
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
