@@ -589,49 +589,26 @@ static void handle_chat(gateway *gw, http_req *req)
                        : "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.");
         return;
     }
-    call *c = calloc(1, sizeof(*c));
-    if (!c) {
-        send_error(req, 500, "server_error", NULL, NULL, NULL, "out of memory");
-        return;
-    }
-    c->gw = gw;
-    c->req = req;
-    c->cfg = config_ref(cfg);
-    c->key = key;
-    buf_init(&c->out, GW_MAX_EVENT_BYTES);
-    buf_init(&c->resp, GW_MAX_RESPONSE_BYTES);
-    buf_init(&c->up_head, 0);
-    buf_init(&c->up_body, 0);
-    gw->inflight++;
-
+    /* admission first: nothing is allocated for a request that is refused */
+    openai_req_info info;
     openai_err oe;
-    if (openai_req_scan(req->body.p, req->body.len, &c->info, &oe) != 0) {
+    if (openai_req_scan(req->body.p, req->body.len, &info, &oe) != 0) {
         access_log_simple(req, oe.status, key->alias);
-        c->req = NULL;
-        call_free(c);
         send_error(req, oe.status, oe.type, oe.code, oe.param, NULL, "%s", oe.message);
         return;
     }
     slice pmodel;
-    const config_model *m = config_find_model(cfg, c->info.model, strlen(c->info.model), &pmodel);
+    const config_model *m = config_find_model(cfg, info.model, info.model_len, &pmodel);
     if (!m) {
         access_log_simple(req, 404, key->alias);
-        char model[256];
-        snprintf(model, sizeof(model), "%s", c->info.model);
-        c->req = NULL;
-        call_free(c);
         send_error(req, 404, "invalid_request_error", "model_not_found", "model", NULL,
-                   "The model '%s' does not exist or you do not have access to it.", model);
+                   "The model '%s' does not exist or you do not have access to it.", info.model);
         return;
     }
-    if (!config_key_allows(key, c->info.model, strlen(c->info.model))) {
+    if (!config_key_allows(key, info.model, info.model_len)) {
         access_log_simple(req, 403, key->alias);
-        char model[256];
-        snprintf(model, sizeof(model), "%s", c->info.model);
-        c->req = NULL;
-        call_free(c);
         send_error(req, 403, "permission_error", "model_not_allowed", "model", NULL,
-                   "This key is not allowed to use the model '%s'.", model);
+                   "This key is not allowed to use the model '%s'.", info.model);
         return;
     }
     uint32_t remaining = 0;
@@ -643,12 +620,25 @@ static void handle_chat(gateway *gw, http_req *req)
                  "x-ratelimit-reset-requests: %.3fs\r\nretry-after: %u\r\n",
                  key->rpm, reset_s, (unsigned)(reset_s + 0.999));
         access_log_simple(req, 429, key->alias);
-        c->req = NULL;
-        call_free(c);
         send_error(req, 429, "rate_limit_error", "rate_limit_exceeded", NULL, hdr,
                    "Rate limit reached for key '%s': %u requests per minute.", key->alias, key->rpm);
         return;
     }
+    call *c = calloc(1, sizeof(*c));
+    if (!c) {
+        send_error(req, 500, "server_error", NULL, NULL, NULL, "out of memory");
+        return;
+    }
+    c->gw = gw;
+    c->req = req;
+    c->cfg = config_ref(cfg);
+    c->key = key;
+    c->info = info;
+    buf_init(&c->out, GW_MAX_EVENT_BYTES);
+    buf_init(&c->resp, GW_MAX_RESPONSE_BYTES);
+    buf_init(&c->up_head, 0);
+    buf_init(&c->up_body, 0);
+    gw->inflight++;
     c->prov = m->provider;
     size_t pl = pmodel.len < sizeof(c->provider_model) - 1 ? pmodel.len : sizeof(c->provider_model) - 1;
     memcpy(c->provider_model, pmodel.p, pl);
