@@ -13,6 +13,8 @@
 #define _GNU_SOURCE
 #include "daemon/config.h"
 
+#include "billing/money.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -158,6 +160,8 @@ static const struct cfg__setting cfg__top[] = {
     {"timeouts.body", CFG_MS, TOP(body_timeout_ms), "30s", 1, CFG_DAY_MS, 0},
     {"timeouts.idle", CFG_MS, TOP(idle_timeout_ms), "60s", 1, CFG_DAY_MS, 0},
     {"timeouts.drain", CFG_MS, TOP(drain_timeout_ms), "30s", 1, CFG_DAY_MS, 0},
+    {"tokenizer_dir", CFG_STR, TOP(tokenizer_dir), NULL, 0, 1024, CFG_RESTART},
+    {"prices_file", CFG_STR, TOP(prices_file), NULL, 0, 4096, CFG_RESTART},
 };
 static const char *const cfg__top_extra[] = {"providers", "models", "keys"};
 
@@ -191,13 +195,20 @@ struct ld__model {
     const char *name;     /* alias */
     const char *provider; /* provider name */
     const char *model;    /* provider model name, NULL = name */
+    const char *price[4]; /* price.input/output/cached_input/cache_write, decimal USD per 1M */
 };
 #define MDL(f) offsetof(struct ld__model, f)
 static const struct cfg__setting cfg__model[] = {
     {"name", CFG_MODEL, MDL(name), NULL, 0, 256, CFG_REQUIRED},
     {"provider", CFG_NAME, MDL(provider), NULL, 0, 64, CFG_REQUIRED},
     {"model", CFG_STR, MDL(model), NULL, 0, 256, 0},
+    {"price.input", CFG_STR, MDL(price[0]), NULL, 0, 32, 0},
+    {"price.output", CFG_STR, MDL(price[1]), NULL, 0, 32, 0},
+    {"price.cached_input", CFG_STR, MDL(price[2]), NULL, 0, 32, 0},
+    {"price.cache_write", CFG_STR, MDL(price[3]), NULL, 0, 32, 0},
 };
+static const char *const cfg__price_keys[4] = {"price.input", "price.output", "price.cached_input",
+                                               "price.cache_write"};
 
 /* A keys[] entry's scalar settings; key, key_sha256 and models are
  * handled apart (the plaintext must never be stored). */
@@ -1494,6 +1505,22 @@ static int ld__models(struct ld *ld, config *cfg, const yaml_node_t *seq,
                                     "the rest of the name after \"%.*s\"",
                                     (int)mv[i].len, t.name);
         mv[i].model = mv[i].wildcard ? NULL : t.model ? t.model : t.name;
+        if (t.price[0] || t.price[1] || t.price[2] || t.price[3]) {
+            int64_t *dst[4] = {&mv[i].price.input, &mv[i].price.output, &mv[i].price.cached_input,
+                               &mv[i].price.cache_write};
+            if (!t.price[0] || !t.price[1])
+                return ld__fail_setting(ld, &m, t.price[0] ? "price.output" : "price.input",
+                                        "a model's price needs both input and output (decimal "
+                                        "USD per 1M tokens, e.g. \"0.15\")");
+            for (int k = 0; k < 4; k++) {
+                const char *ps = t.price[k] ? t.price[k] : t.price[0]; /* cache: input rate */
+                if (money_parse(ps, strlen(ps), dst[k]) != 0 || *dst[k] < 0)
+                    return ld__fail_setting(ld, &m, cfg__price_keys[k],
+                                            "not a price: \"%s\" (decimal USD per 1M tokens, "
+                                            "at most 9 decimals, e.g. \"2.50\")", ps);
+            }
+            mv[i].price.given = true;
+        }
         pi = ld__names_find(pnames, t.provider);
         if (pi < 0)
             return ld__fail_setting(ld, &m, "provider", "unknown provider \"%s\"", t.provider);

@@ -107,6 +107,13 @@ typedef struct config_model {
     bool wildcard;    /* name ends in '*': matches any longer name with that prefix */
     const config_provider *provider; /* where calls go */
     const char *model; /* provider's model name; NULL for a wildcard (the rest of the name) */
+    struct {
+        bool given;           /* price.* set: overrides the catalog */
+        int64_t input;        /* nano-USD per 1M prompt tokens */
+        int64_t output;       /* nano-USD per 1M completion tokens */
+        int64_t cached_input; /* cache reads (default: input) */
+        int64_t cache_write;  /* cache writes (default: input) */
+    } price;
 } config_model;
 
 /* One entry of a key's model allow-list. */
@@ -136,6 +143,8 @@ typedef struct config {
     uint32_t workers;           /* worker threads, one loop each (restart-only) */
     int log_level;              /* log.level: an enum log_level (daemon/base/log.h) */
     bool log_access;            /* log.access: JSON access log lines on stdout */
+    const char *tokenizer_dir;  /* where <encoding>.tgbpe are; NULL = built-in search */
+    const char *prices_file;    /* price catalog JSON; NULL = the shipped one */
     size_t max_body_bytes;      /* limits.max_body_bytes: larger request bodies get 413 */
     size_t max_header_bytes;    /* limits.max_header_bytes: total request head size */
     uint32_t max_headers;       /* limits.max_headers: header fields per request */

@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "billing/meter.h"
+#include "billing/money.h"
+#include "billing/prices.h"
 #include "daemon/base/clock.h"
 #include "daemon/base/log.h"
 #include "daemon/http_server.h"
@@ -45,6 +48,9 @@ struct gateway {
     tls_config **tls;         /* TLS configs of the current providers, held so the CA
                                  bundle is read at start/reload, never on a request */
     size_t ntls;              /* entries in tls */
+    tok_set toks;             /* tokenizer encodings (may be empty: estimates) */
+    tok_work *work;           /* the loop's tokenizer scratch */
+    price_table *prices;      /* provider price catalog, NULL when none loaded */
     uint64_t inflight;        /* requests being answered */
     bool closing;             /* gateway_close called */
 };
@@ -63,6 +69,7 @@ typedef struct call {
     const config *cfg;             /* config it started with (own reference) */
     const config_key *key;         /* the caller's key */
     const config_provider *prov;   /* where it goes */
+    const config_model *model;     /* the alias it resolved to */
     enum call_phase phase;         /* where it is */
     openai_req_info info;          /* what the body asked for */
     char provider_model[256];      /* the provider's model name */
@@ -86,6 +93,10 @@ typedef struct call {
     uint64_t t_first_ns;           /* first body byte relayed to the client */
     uint64_t overhead_ns;          /* time spent inside tollgate's own code */
     uint64_t bytes_out;            /* body bytes relayed */
+    bool sent;                     /* the request went upstream */
+    meter meter;                   /* the output's tokens as relayed */
+    uint64_t prompt_est;           /* prompt tokens counted at admission */
+    bool tok_exact;                /* the tokenizer is the model's own */
 } call;
 
 /* ------------------------------------------------------------ responses */
@@ -143,18 +154,92 @@ static void call_free(call *c)
     buf_free(&c->up_body);
     buf_free(&c->out);
     buf_free(&c->resp);
+    meter_free(&c->meter);
     config_unref(c->cfg);
     c->gw->inflight--;
     free(c);
+}
+
+/* Catalog name of a provider preset (prices.json "provider"). */
+static const char *catalog_provider(config_provider_type t)
+{
+    switch (t) {
+    case CONFIG_PROVIDER_OPENAI: return "openai";
+    case CONFIG_PROVIDER_FIREWORKS: return "fireworks";
+    case CONFIG_PROVIDER_OPENROUTER: return "openrouter";
+    case CONFIG_PROVIDER_TOGETHER: return "together";
+    case CONFIG_PROVIDER_HUGGINGFACE: return "huggingface";
+    default: return NULL;
+    }
+}
+
+/* What a call is billed on. */
+typedef struct call_usage {
+    const char *source;  /* "provider", "estimated" or "none" (not billable) */
+    int64_t prompt, completion, cached;
+    int64_t cost;        /* provider cost, nano-USD; -1 unknown */
+    int64_t price;       /* customer price, nano-USD; -1 unknown */
+} call_usage;
+
+/* The provider's usage when it sent one; else, for a call the provider
+ * worked on (a 200, or a request it received before the client left),
+ * the meter's counts, flagged estimated. */
+static void call_usage_of(const call *c, call_usage *u)
+{
+    memset(u, 0, sizeof *u);
+    u->cost = u->price = -1;
+    if (c->have_usage) {
+        u->source = "provider";
+        u->prompt = c->usage.prompt_tokens > 0 ? c->usage.prompt_tokens : 0;
+        u->completion = c->usage.completion_tokens > 0 ? c->usage.completion_tokens : 0;
+        u->cached = c->usage.cached_tokens > 0 ? c->usage.cached_tokens : 0;
+    } else if (c->up_status == 200 || (c->sent && c->up_status == 0 && c->status == 499)) {
+        u->source = "estimated";
+        u->prompt = (int64_t)c->prompt_est;
+        u->completion = (int64_t)meter_completion(&c->meter);
+    } else {
+        u->source = "none";
+        return;
+    }
+    const char *cp = catalog_provider(c->prov->type);
+    const price_entry *pe = cp && c->gw->prices ? prices_find(c->gw->prices, cp, c->provider_model) : NULL;
+    if (pe)
+        u->cost = price_cost(pe, u->prompt, u->cached, 0, u->completion);
+    if (c->model->price.given) {
+        price_entry own = {
+            .input = c->model->price.input,
+            .output = c->model->price.output,
+            .cached_input = c->model->price.cached_input,
+            .cache_write = c->model->price.cache_write,
+            .cache_write_1h = c->model->price.cache_write,
+            .input_above_200k = c->model->price.input,
+            .output_above_200k = c->model->price.output,
+        };
+        u->price = price_cost(&own, u->prompt, u->cached, 0, u->completion);
+        if (u->cost < 0)
+            u->cost = u->price; /* no catalog entry: the configured price is the cost */
+    } else {
+        u->price = u->cost; /* customer price defaults to provider cost */
+    }
+}
+
+static int append_money(buf *b, const char *name, int64_t nano)
+{
+    char m[MONEY_FMT_MAX];
+    if (nano < 0)
+        return buf_printf(b, ",\"%s\":null", name);
+    money_format(nano, m, sizeof m);
+    return buf_printf(b, ",\"%s\":\"%s\"", name, m);
 }
 
 static void call_log(call *c)
 {
     http_req *req = c->req;
     uint64_t now = clock_mono_ns();
+    call_usage u;
+    call_usage_of(c, &u);
     buf b;
     buf_init(&b, 8192);
-    const char *src = c->have_usage ? "provider" : "none";
     double ttft = c->t_first_ns ? (double)(c->t_first_ns - req->t_start_ns) / 1e6 : -1;
     int rc = buf_printf(&b, "{\"request_id\":\"%s\",\"method\":\"POST\",\"path\":\"",
                         req->request_id);
@@ -173,13 +258,21 @@ static void call_log(call *c)
                         "\",\"stream\":%s,\"status\":%d,\"upstream_status\":%d,"
                         "\"prompt_tokens\":%" PRId64 ",\"completion_tokens\":%" PRId64
                         ",\"cached_tokens\":%" PRId64 ",\"usage_source\":\"%s\","
-                        "\"latency_ms\":%.3f,\"ttft_ms\":%.3f,\"overhead_us\":%.1f,"
+                        "\"meter_prompt_tokens\":%" PRIu64 ",\"meter_completion_tokens\":%" PRIu64
+                        ",\"tokenizer\":\"%s\",\"tokenizer_exact\":%s",
+                        c->info.stream ? "true" : "false", c->status, c->up_status, u.prompt,
+                        u.completion, u.cached, u.source, c->prompt_est, meter_completion(&c->meter),
+                        c->meter.enc ? tok_name(c->meter.enc) : "bytes/4",
+                        c->tok_exact && !meter_estimate_only(&c->meter) ? "true" : "false");
+    if (!rc)
+        rc = append_money(&b, "cost_usd", u.cost);
+    if (!rc)
+        rc = append_money(&b, "price_usd", u.price);
+    if (!rc)
+        rc = buf_printf(&b,
+                        ",\"latency_ms\":%.3f,\"ttft_ms\":%.3f,\"overhead_us\":%.1f,"
                         "\"bytes_out\":%" PRIu64 ",\"error\":",
-                        c->info.stream ? "true" : "false", c->status, c->up_status,
-                        c->have_usage ? c->usage.prompt_tokens : 0,
-                        c->have_usage ? c->usage.completion_tokens : 0,
-                        c->have_usage && c->usage.cached_tokens > 0 ? c->usage.cached_tokens : 0,
-                        src, (double)(now - req->t_start_ns) / 1e6, ttft,
+                        (double)(now - req->t_start_ns) / 1e6, ttft,
                         (double)c->overhead_ns / 1e3, c->bytes_out);
     if (!rc && c->error) {
         rc = buf_append(&b, "\"", 1);
@@ -267,6 +360,9 @@ static int call_on_event(const sse_event *ev, void *ud)
             }
             if (openai_chunk_is_usage_only(&ci) && !c->info.include_usage)
                 return 0; /* asked for by tollgate, not by the caller */
+            /* the text the client gets, counted as it passes */
+            if (openai_each_text(ev->data.p, ev->data.len, true, meter_openai_text, &c->meter) != 0)
+                log_debug(c->req ? c->req->request_id : NULL, "chunk without an object: not metered");
         }
     }
     return buf_append(&c->out, ev->raw.p, ev->raw.len) == 0 ? 0 : -1;
@@ -445,6 +541,9 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
     if (c->up_status == 200 && openai_resp_usage(c->resp.data ? c->resp.data : "", c->resp.len,
                                                  &c->usage) == 0)
         c->have_usage = true;
+    if (c->up_status == 200 && c->resp.len > 0 &&
+        openai_each_text(c->resp.data, c->resp.len, false, meter_openai_text, &c->meter) != 0)
+        log_debug(c->req->request_id, "response is not a JSON object: not metered");
     c->bytes_out = c->resp.len;
     c->t_first_ns = clock_mono_ns();
     c->overhead_ns += c->t_first_ns - t0;
@@ -640,9 +739,13 @@ static void handle_chat(gateway *gw, http_req *req)
     buf_init(&c->up_body, 0);
     gw->inflight++;
     c->prov = m->provider;
+    c->model = m;
     size_t pl = pmodel.len < sizeof(c->provider_model) - 1 ? pmodel.len : sizeof(c->provider_model) - 1;
     memcpy(c->provider_model, pmodel.p, pl);
     c->provider_model[pl] = '\0';
+    const tok_enc *enc = tok_set_pick(&gw->toks, c->provider_model, pl, &c->tok_exact);
+    meter_init(&c->meter, enc, gw->work);
+    c->prompt_est = meter_prompt_openai(enc, gw->work, req->body.p, req->body.len);
     if (build_upstream_request(c, &pmodel) != 0) {
         access_log_simple(req, 500, key->alias);
         c->req = NULL;
@@ -682,6 +785,7 @@ static void handle_chat(gateway *gw, http_req *req)
         rc = httpc_call_start(gw->pool, &t, &to, bufs, 2, &call_callbacks, c, &c->up);
     }
     c->overhead_ns += clock_mono_ns() - t0;
+    c->sent = rc == 0;
     if (rc != 0) {
         c->error = "could not start the upstream call";
         c->status = 502;
@@ -841,6 +945,18 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
         return NULL;
     }
     tls_prewarm(gw, cfg);
+    char err[600];
+    if (tok_set_load(&gw->toks, cfg->tokenizer_dir, err, sizeof err) == 2)
+        log_info(NULL, "tokenizer: o200k_base and cl100k_base from %s", gw->toks.dir);
+    else
+        log_warn(NULL, "tokenizer data incomplete (%s): token counts for calls without provider "
+                       "usage are estimates", err);
+    gw->work = tok_work_new();
+    const char *pf = cfg->prices_file ? cfg->prices_file : prices_default_file();
+    gw->prices = pf ? prices_load_file(pf, err, sizeof err) : NULL;
+    if (!gw->prices)
+        log_warn(NULL, "price catalog not loaded (%s): costs only for models with a configured price",
+                 pf ? err : "no catalog file found");
     return gw;
 }
 
@@ -899,6 +1015,9 @@ void gateway_free(gateway *gw)
         tls_config_release(gw->tls[i]);
     free(gw->tls);
     free(gw->mocks);
+    tok_work_free(gw->work);
+    tok_set_free(&gw->toks);
+    prices_free(gw->prices);
     config_unref(gw->cfg);
     free(gw);
 }

@@ -3,6 +3,7 @@
  *   tollgate [--config FILE]      run the gateway (TOLLGATE_CONFIG too;
  *                                 no file: the embedded demo default)
  *   tollgate check-config FILE    validate a config file, exit 0 or 1
+ *   tollgate tokenize ... FILE    token ids or count of a file (cli.h)
  *   tollgate --version
  *
  * Signals: SIGTERM/SIGINT drain (a second one stops at once), SIGHUP
@@ -15,6 +16,7 @@
 #include <uv.h>
 
 #include "daemon/base/log.h"
+#include "daemon/cli.h"
 #include "daemon/config.h"
 #include "daemon/gateway.h"
 #include "daemon/version.h"
@@ -34,6 +36,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: tollgate [--config FILE]\n"
                "       tollgate check-config FILE\n"
+               "       tollgate tokenize [--encoding NAME] [--count] [--bench N] FILE\n"
                "       tollgate --version\n"
                "Runs the tollgate LLM gateway. Without a config file (or TOLLGATE_CONFIG) it\n"
                "starts on an embedded demo default: the mock provider, plus any provider\n"
@@ -216,6 +219,8 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
+        } else if (i == 1 && strcmp(argv[i], "tokenize") == 0) {
+            return cli_tokenize(argc - 1, argv + 1);
         } else if (strcmp(argv[i], "check-config") == 0) {
             if (i + 1 >= argc) {
                 usage(stderr);

@@ -794,6 +794,42 @@ int jscan_str_decode(const jscan_val *v, char *out, size_t cap, size_t *len)
     return 0;
 }
 
+int jscan_str_each(const jscan_val *v, jscan_bytes_fn fn, void *ud)
+{
+    const char *s;
+    size_t n, i = 0;
+    if (!str_body(v, &s, &n))
+        return -EINVAL;
+    char tmp[256];
+    size_t o = 0;
+    while (i < n) {
+        const char *bs = memchr(s + i, '\\', n - i);
+        size_t run = bs ? (size_t)(bs - (s + i)) : n - i;
+        if (run > 0) {
+            /* raw runs go straight through, no copy */
+            if (o) {
+                fn(ud, tmp, o);
+                o = 0;
+            }
+            fn(ud, s + i, run);
+            i += run;
+        }
+        if (!bs)
+            break;
+        if (o + 4 > sizeof tmp) {
+            fn(ud, tmp, o);
+            o = 0;
+        }
+        int k = unescape(s, n, &i, tmp + o);
+        if (k < 0)
+            return k;
+        o += (size_t)k;
+    }
+    if (o)
+        fn(ud, tmp, o);
+    return 0;
+}
+
 bool jscan_str_eq(const jscan_val *v, const char *lit, size_t len)
 {
     const char *s;

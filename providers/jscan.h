@@ -109,6 +109,12 @@ bool jscan_is_empty(const jscan_val *v);
  * by a NUL (the content may itself contain NULs from \u0000). 0, -E2BIG
  * when len + 1 > cap, -EINVAL not a string or a bad escape. */
 int jscan_str_decode(const jscan_val *v, char *out, size_t cap, size_t *len) JSCAN_MUSTCHECK;
+/* Decodes string value v piecewise: fn sees consecutive runs of the
+ * decoded bytes (raw runs point into v, escapes come from a small stack
+ * buffer; a \u surrogate pair is never split). No allocation. 0, or
+ * -EINVAL for a bad escape (fn may have seen the bytes before it). */
+typedef void (*jscan_bytes_fn)(void *ud, const char *p, size_t n);
+int jscan_str_each(const jscan_val *v, jscan_bytes_fn fn, void *ud) JSCAN_MUSTCHECK;
 /* True if string value v decodes to exactly lit[0..len). No allocation. */
 bool jscan_str_eq(const jscan_val *v, const char *lit, size_t len);
 /* Reads an integer number (no fraction, no exponent). 0, -EINVAL not an

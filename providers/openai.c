@@ -445,3 +445,77 @@ out_restore:
         out->data[start] = '\0';
     return rc;
 }
+
+/* ------------------------------------------------------- generated text */
+
+static void each_tool_call(const jscan_val *fnv, int64_t choice, int64_t tool, openai_text_fn fn, void *ud)
+{
+    jscan_val x;
+    if (jscan_val_get(fnv, "name", &x) == 0 && x.type == JSCAN_STRING)
+        fn(ud, OPENAI_TEXT_TOOL_NAME, choice, tool, &x);
+    if (jscan_val_get(fnv, "arguments", &x) == 0 && x.type == JSCAN_STRING)
+        fn(ud, OPENAI_TEXT_TOOL_ARGS, choice, tool, &x);
+}
+
+static void each_text_of(const jscan_val *msg, int64_t choice, openai_text_fn fn, void *ud)
+{
+    jscan_iter it;
+    jscan_val k, v;
+    if (msg->type != JSCAN_OBJECT || jscan_iter_init(&it, msg) != 0)
+        return;
+    while (jscan_obj_next(&it, &k, &v) == 0) {
+        if (jscan_str_eq(&k, "content", 7)) {
+            if (v.type == JSCAN_STRING) {
+                fn(ud, OPENAI_TEXT_CONTENT, choice, -1, &v);
+            } else if (v.type == JSCAN_ARRAY) {
+                jscan_iter pit;
+                jscan_val part, t;
+                if (jscan_iter_init(&pit, &v) == 0)
+                    while (jscan_arr_next(&pit, &part) == 0)
+                        if (jscan_val_get(&part, "text", &t) == 0 && t.type == JSCAN_STRING)
+                            fn(ud, OPENAI_TEXT_CONTENT, choice, -1, &t);
+            }
+        } else if (jscan_str_eq(&k, "reasoning", 9) || jscan_str_eq(&k, "reasoning_content", 17)) {
+            if (v.type == JSCAN_STRING)
+                fn(ud, OPENAI_TEXT_REASONING, choice, -1, &v);
+        } else if (jscan_str_eq(&k, "refusal", 7)) {
+            if (v.type == JSCAN_STRING)
+                fn(ud, OPENAI_TEXT_REFUSAL, choice, -1, &v);
+        } else if (jscan_str_eq(&k, "tool_calls", 10) && v.type == JSCAN_ARRAY) {
+            jscan_iter tit;
+            jscan_val call, idx, fnv;
+            int64_t pos = 0;
+            if (jscan_iter_init(&tit, &v) != 0)
+                continue;
+            while (jscan_arr_next(&tit, &call) == 0) {
+                int64_t tool = pos++;
+                if (jscan_val_get(&call, "index", &idx) == 0 && jscan_int64(&idx, &tool) != 0)
+                    tool = pos - 1;
+                if (jscan_val_get(&call, "function", &fnv) == 0)
+                    each_tool_call(&fnv, choice, tool, fn, ud);
+            }
+        } else if (jscan_str_eq(&k, "function_call", 13) && v.type == JSCAN_OBJECT) {
+            each_tool_call(&v, choice, 0, fn, ud);
+        }
+    }
+}
+
+int openai_each_text(const char *data, size_t n, bool delta, openai_text_fn fn, void *ud)
+{
+    jscan_val root, choices, choice, idx, msg;
+    jscan_iter it;
+    if (jscan_root(data, n, &root) != 0 || root.type != JSCAN_OBJECT)
+        return -EINVAL;
+    if (jscan_val_get(&root, "choices", &choices) != 0 || choices.type != JSCAN_ARRAY ||
+        jscan_iter_init(&it, &choices) != 0)
+        return 0;
+    int64_t pos = 0;
+    while (jscan_arr_next(&it, &choice) == 0) {
+        int64_t ci = pos++;
+        if (jscan_val_get(&choice, "index", &idx) == 0 && jscan_int64(&idx, &ci) != 0)
+            ci = pos - 1;
+        if (jscan_val_get(&choice, delta ? "delta" : "message", &msg) == 0)
+            each_text_of(&msg, ci, fn, ud);
+    }
+    return 0;
+}

@@ -106,6 +106,26 @@ bool openai_chunk_is_usage_only(const openai_chunk_info *ci);
  * valid JSON object. */
 int openai_resp_usage(const char *body, size_t n, openai_usage *u) OPENAI_MUSTCHECK;
 
+/* Generated text in a chunk or a response, for the token meter. */
+typedef enum openai_text_kind {
+    OPENAI_TEXT_CONTENT,   /* content (a string or text parts) */
+    OPENAI_TEXT_REASONING, /* reasoning / reasoning_content (OpenRouter, DeepSeek-style) */
+    OPENAI_TEXT_REFUSAL,   /* refusal */
+    OPENAI_TEXT_TOOL_NAME, /* tool_calls[].function.name (or function_call.name) */
+    OPENAI_TEXT_TOOL_ARGS, /* tool_calls[].function.arguments (or function_call.arguments) */
+} openai_text_kind;
+
+/* Called per text string: choice is choices[].index (or the position),
+ * tool the tool call's index (-1 for other kinds); str is a JSCAN_STRING. */
+typedef void (*openai_text_fn)(void *ud, openai_text_kind kind, int64_t choice, int64_t tool,
+                               const jscan_val *str);
+
+/* Walks choices[].delta (a stream chunk, delta true) or choices[].message
+ * (a whole response) and reports every generated text string, in
+ * document order. data must be valid JSON (scanned before). 0, or
+ * -EINVAL when it is not an object. */
+int openai_each_text(const char *data, size_t n, bool delta, openai_text_fn fn, void *ud) OPENAI_MUSTCHECK;
+
 /* Appends {"error":{"message":...,"type":...,"param":...,"code":...}};
  * param and code may be NULL (written as null). Strings are escaped, and
  * invalid UTF-8 in them becomes U+FFFD. 0, -EINVAL (message or type

@@ -392,7 +392,7 @@ static void test_errors_top_level(void **state)
     (void)state;
     fake_env = NULL;
     expect_error("listen: 127.0.0.1:8080\nlistn: x\n", "t.yaml:2: listn: unknown key",
-                 "expected one of: listen, workers, log, limits, timeouts, providers", NULL);
+                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, providers", NULL);
     expect_error("log:\n  level: info\n  colour: true\n", "t.yaml:3: log.colour: unknown key",
                  "level, access", NULL);
     expect_error("timeouts.header: 5s\n", "t.yaml:1:", "unknown key", NULL);
@@ -1107,6 +1107,43 @@ static void test_restart_only_change(void **state)
     config_unref(f);
 }
 
+/* models[].price: decimal USD per 1M tokens into nano-USD; cache rates
+ * default to the input rate; bad prices name the setting. */
+static void test_model_prices(void **state)
+{
+    (void)state;
+    static const char base[] = "providers:\n  - {name: p, type: mock}\nmodels:\n";
+    char y[1024];
+    snprintf(y, sizeof y, "%s  - {name: a, provider: p, price: {input: \"0.15\", output: \"0.60\"}}\n"
+             "  - {name: b, provider: p, price: {input: \"3\", output: \"15.00\", cached_input: \"0.30\", cache_write: \"3.75\"}}\n"
+             "  - {name: c, provider: p}\n", base);
+    config *cfg = load_ok(y);
+    const config_model *a = config_find_model(cfg, "a", 1, NULL);
+    const config_model *b = config_find_model(cfg, "b", 1, NULL);
+    const config_model *c = config_find_model(cfg, "c", 1, NULL);
+    assert_true(a->price.given);
+    assert_int_equal(a->price.input, 150000000);
+    assert_int_equal(a->price.output, 600000000);
+    assert_int_equal(a->price.cached_input, 150000000);
+    assert_int_equal(a->price.cache_write, 150000000);
+    assert_int_equal(b->price.input, 3000000000);
+    assert_int_equal(b->price.output, 15000000000);
+    assert_int_equal(b->price.cached_input, 300000000);
+    assert_int_equal(b->price.cache_write, 3750000000);
+    assert_false(c->price.given);
+    config_unref(cfg);
+    snprintf(y, sizeof y, "%s  - {name: a, provider: p, price: {input: \"0.15\"}}\n", base);
+    expect_error(y, "t.yaml:", "price.output", "needs both input and output");
+    snprintf(y, sizeof y, "%s  - {name: a, provider: p, price: {input: \"1.5e\", output: \"1\"}}\n", base);
+    expect_error(y, "price.input", "not a price", "1.5e");
+    snprintf(y, sizeof y, "%s  - {name: a, provider: p, price: {input: \"-1\", output: \"1\"}}\n", base);
+    expect_error(y, "price.input", "not a price", NULL);
+    snprintf(y, sizeof y, "%s  - {name: a, provider: p, price: {input: \"0.0000000001\", output: \"1\"}}\n", base);
+    expect_error(y, "price.input", "at most 9 decimals", NULL);
+    snprintf(y, sizeof y, "%s  - {name: a, provider: p, price: {input: \"1\", output: \"1\", cahced_input: \"1\"}}\n", base);
+    expect_error(y, "cahced_input", "unknown key", NULL);
+}
+
 static void test_refcount(void **state)
 {
     (void)state;
@@ -1146,6 +1183,7 @@ int main(void)
         cmocka_unit_test(test_model_resolution),
         cmocka_unit_test(test_default_config),
         cmocka_unit_test(test_restart_only_change),
+        cmocka_unit_test(test_model_prices),
         cmocka_unit_test(test_refcount),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

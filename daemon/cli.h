@@ -1,0 +1,12 @@
+/* cli.h - the subcommands of the tollgate binary besides running. */
+#ifndef TG_DAEMON_CLI_H
+#define TG_DAEMON_CLI_H
+
+/* tollgate tokenize [--encoding NAME] [--data-dir DIR] [--count]
+ *                   [--bench N] FILE|-
+ * Prints the token ids of FILE's bytes (space-separated), or their count,
+ * or encodes it N times and prints the speed. Exit 0, 1 usage or I/O
+ * error, 2 tokenizer data missing. argv[0] is "tokenize". */
+int cli_tokenize(int argc, char **argv);
+
+#endif
