@@ -15,9 +15,11 @@ case "$mode" in
   bench) pkgs+=(libcmocka-dev wrk nginx-light) ;;
   *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac
-# Node.js and npm run the SDK test clients; keep a newer node if present.
-if [ "$mode" != run ] && ! command -v node >/dev/null; then pkgs+=(nodejs npm); fi
-if [ "$mode" != run ] && ! command -v npm >/dev/null; then pkgs+=(npm); fi
+# npm fetches the tokenizer's rank data (npm package tiktoken) at build
+# time, in every mode; Node.js also runs the SDK test clients. Keep a newer
+# node if present.
+if ! command -v node >/dev/null; then pkgs+=(nodejs npm); fi
+if ! command -v npm >/dev/null; then pkgs+=(npm); fi
 
 missing=()
 for p in "${pkgs[@]}"; do
