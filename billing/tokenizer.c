@@ -48,6 +48,10 @@ struct tok_enc {
     uint32_t byte_rank[256]; /* rank of each single byte */
     pcre2_code *re;        /* compiled pre-tokenizer */
     bool jit;              /* re is JIT-compiled */
+    pcre2_code *re_fast;   /* the same without the Unicode delta, for text
+                              below U+0800 (every delta code point is above:
+                              TOK_UNI_DELTA_MIN); NULL: always re */
+    bool jit_fast;
 };
 
 struct tok_work {
@@ -337,7 +341,7 @@ out:
  * unicode_delta.h -> [\p{X}DELTA] (\p{X}DELTA inside a class), \P{X} ->
  * [^\p{X}DELTA], so PCRE2's older Unicode tables classify as tiktoken's do;
  * \P{X} inside a class is refused like \S. */
-static char *pcre2_pattern(const char *pat, char *err, size_t errcap)
+static char *pcre2_pattern(const char *pat, bool with_delta, char *err, size_t errcap)
 {
     static const struct {
         const char *name, *delta;
@@ -403,7 +407,7 @@ static char *pcre2_pattern(const char *pat, char *err, size_t errcap)
                         if (d == 'P')
                             out[o++] = '^';
                     }
-                    o += (size_t)sprintf(out + o, "\\p{%s}%s", uni[k].name, uni[k].delta);
+                    o += (size_t)sprintf(out + o, "\\p{%s}%s", uni[k].name, with_delta ? uni[k].delta : "");
                     if (!in_class)
                         out[o++] = ']';
                     i += skip;
@@ -442,6 +446,8 @@ void tok_close(tok_enc *e)
         return;
     if (e->re)
         pcre2_code_free(e->re);
+    if (e->re_fast)
+        pcre2_code_free(e->re_fast);
     if (e->map)
         munmap((void *)e->map, e->map_len);
     free(e->name);
@@ -546,18 +552,26 @@ tok_enc *tok_open(const char *path, char *err, size_t errcap)
             goto fail;
         }
     }
-    char *pat = pcre2_pattern(e->pattern, err, errcap);
-    if (!pat)
-        goto fail;
-    int ec;
-    PCRE2_SIZE eo;
-    e->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
-    free(pat);
-    if (!e->re) {
-        PCRE2_UCHAR msg[160];
-        pcre2_get_error_message(ec, msg, sizeof msg);
-        seterr(err, errcap, "%s: pattern does not compile at %zu: %s", path, (size_t)eo, (char *)msg);
-        goto fail;
+    for (int fast = 0; fast < 2; fast++) {
+        char *pat = pcre2_pattern(e->pattern, !fast, err, errcap);
+        if (!pat)
+            goto fail;
+        int ec;
+        PCRE2_SIZE eo;
+        pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
+        free(pat);
+        if (!re) {
+            PCRE2_UCHAR msg[160];
+            pcre2_get_error_message(ec, msg, sizeof msg);
+            seterr(err, errcap, "%s: pattern does not compile at %zu: %s", path, (size_t)eo, (char *)msg);
+            goto fail;
+        }
+        if (fast) {
+            e->re_fast = re;
+            e->jit_fast = pcre2_jit_compile(re, PCRE2_JIT_COMPLETE) == 0;
+        } else {
+            e->re = re;
+        }
     }
     e->jit = pcre2_jit_compile(e->re, PCRE2_JIT_COMPLETE) == 0;
     return e;
@@ -800,13 +814,38 @@ size_t tok_encode_piece(const tok_enc *e, tok_work *w, const char *text, size_t 
 
 /* ---------------------------------------------------------------- pieces */
 
+/* re_fast is chosen for text without 3- or 4-byte sequences, i.e. below
+ * U+0800: no delta code point can occur there. */
+_Static_assert(TOK_UNI_DELTA_MIN >= 0x800, "re_fast needs every delta code point >= U+0800");
+
+/* True if text has a lead byte of a code point >= U+0800. */
+static bool has_3byte(const char *text, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)text;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        /* bytes >= 0xE0 have their top three bits set */
+        if ((v & (v << 1) & (v << 2) & 0x8080808080808080ull) != 0)
+            return true;
+    }
+    for (; i < len; i++)
+        if (p[i] >= 0xE0)
+            return true;
+    return false;
+}
+
 bool tok_pieces(const tok_enc *e, tok_work *w, const char *text, size_t len,
                 tok_piece_fn piece, void *ud)
 {
     PCRE2_SIZE at = 0;
+    bool fast = e->re_fast && !has_3byte(text, len);
+    const pcre2_code *re = fast ? e->re_fast : e->re;
+    bool jit = fast ? e->jit_fast : e->jit;
     while (at < len) {
-        int rc = e->jit ? pcre2_jit_match(e->re, (PCRE2_SPTR)text, len, at, PCRE2_NO_UTF_CHECK, w->md, w->mctx)
-                        : pcre2_match(e->re, (PCRE2_SPTR)text, len, at, PCRE2_NO_UTF_CHECK, w->md, w->mctx);
+        int rc = jit ? pcre2_jit_match(re, (PCRE2_SPTR)text, len, at, PCRE2_NO_UTF_CHECK, w->md, w->mctx)
+                     : pcre2_match(re, (PCRE2_SPTR)text, len, at, PCRE2_NO_UTF_CHECK, w->md, w->mctx);
         if (rc == PCRE2_ERROR_NOMATCH)
             return true;
         if (rc < 0) {

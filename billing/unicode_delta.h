@@ -54,4 +54,8 @@
     "\\x{16130}-\\x{16139}\\x{16D70}-\\x{16D79}\\x{1CCF0}-\\x{1CCF9}\\x{1D2C0}-\\x{1D2D3}" \
     "\\x{1E4F0}-\\x{1E4F9}\\x{1E5F1}-\\x{1E5FA}"
 
+/* The smallest code point of any delta: text below it (no UTF-8 lead byte
+ * of its length) matches the same with or without the deltas. */
+#define TOK_UNI_DELTA_MIN 0x0897
+
 #endif
