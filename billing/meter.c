@@ -80,9 +80,17 @@ void meter_init(meter *m, const tok_enc *enc, tok_work *work)
     m->work = work;
 }
 
+void meter_init_buf(meter *m, const tok_enc *enc, tok_work *work, char *hold)
+{
+    meter_init(m, enc, work);
+    m->hold = hold;
+    m->hold_borrowed = true;
+}
+
 void meter_free(meter *m)
 {
-    free(m->hold);
+    if (!m->hold_borrowed)
+        free(m->hold);
     m->hold = NULL;
     m->hold_len = 0;
 }
@@ -185,7 +193,10 @@ void meter_feed(meter *m, const char *p, size_t n)
         m->carry_len = (uint8_t)held;
         hold_append(m, out, w);
     }
-    commit(m);
+    /* Pieces are cut in batches: a delta is only copied, and the regex
+     * runs once the held text is long enough to be worth a pass. */
+    if (m->hold_len >= METER_COMMIT_AT)
+        commit(m);
 }
 
 void meter_feed_cb(void *mp, const char *p, size_t n) { meter_feed(mp, p, n); }
@@ -460,7 +471,8 @@ uint64_t meter_prompt_openai(const tok_enc *enc, tok_work *w, const char *body, 
 {
     prompt c;
     jscan_val root, v;
-    meter_init(&c.m, enc, w);
+    char hold[METER_HOLD_MAX];
+    meter_init_buf(&c.m, enc, w, hold);
     c.framing = 0;
     if (jscan_root(body, n, &root) != 0 || root.type != JSCAN_OBJECT)
         return 0;

@@ -10,7 +10,8 @@
  * tokenizer's pre-tokenizer pieces as it arrives; a piece is final only
  * once two more pieces follow it (a regex piece can still grow or split
  * while text arrives: "  " + "x" is " " + " x"), so the meter holds back
- * the last two pieces and counts everything before them. The count at
+ * the last two pieces and counts everything before them. Deltas are
+ * batched: the pieces are cut once METER_COMMIT_AT bytes are held. The count at
  * any moment is exact for the text seen so far (test_meter checks every
  * split point against a one-shot count). Feeding a delta allocates
  * nothing: the hold-back buffer is allocated once per call. A single piece
@@ -31,6 +32,9 @@
 #include "providers/openai.h"
 
 #define METER_HOLD_MAX 4096
+/* Held text is cut into pieces once it reaches this many bytes (and at
+ * the end): a delta costs a copy, the regex runs once per ~1 KiB. */
+#define METER_COMMIT_AT 1024
 
 /* The encodings this process loaded. */
 typedef struct tok_set {
@@ -63,12 +67,16 @@ typedef struct meter {
     uint8_t carry[4];     /* an incomplete UTF-8 sequence at the end */
     uint8_t carry_len;
     bool oom;             /* no hold buffer: counting by estimate */
+    bool hold_borrowed;   /* hold belongs to the caller (meter_init_buf) */
     uint64_t field;       /* which text is being fed (meter_field) */
     uint32_t choices;     /* messages seen in the output (choices) */
     uint32_t tool_calls;  /* tool calls seen in the output */
 } meter;
 
 void meter_init(meter *m, const tok_enc *enc, tok_work *work);
+/* The same with a caller's METER_HOLD_MAX-byte buffer (nothing to
+ * allocate; meter_free leaves it alone). */
+void meter_init_buf(meter *m, const tok_enc *enc, tok_work *work, char *hold);
 void meter_free(meter *m);
 /* Feeds n more bytes of the current text. */
 void meter_feed(meter *m, const char *p, size_t n);

@@ -179,6 +179,7 @@ typedef struct call_usage {
     int64_t prompt, completion, cached;
     int64_t cost;        /* provider cost, nano-USD; -1 unknown */
     int64_t price;       /* customer price, nano-USD; -1 unknown */
+    uint64_t metered;    /* the meter's completion tokens */
 } call_usage;
 
 /* The provider's usage when it sent one; else, for a call the provider
@@ -188,6 +189,7 @@ static void call_usage_of(const call *c, call_usage *u)
 {
     memset(u, 0, sizeof *u);
     u->cost = u->price = -1;
+    u->metered = meter_completion(&c->meter);
     if (c->have_usage) {
         u->source = "provider";
         u->prompt = c->usage.prompt_tokens > 0 ? c->usage.prompt_tokens : 0;
@@ -196,7 +198,7 @@ static void call_usage_of(const call *c, call_usage *u)
     } else if (c->up_status == 200 || (c->sent && c->up_status == 0 && c->status == 499)) {
         u->source = "estimated";
         u->prompt = (int64_t)c->prompt_est;
-        u->completion = (int64_t)meter_completion(&c->meter);
+        u->completion = (int64_t)u->metered;
     } else {
         u->source = "none";
         return;
@@ -261,7 +263,7 @@ static void call_log(call *c)
                         "\"meter_prompt_tokens\":%" PRIu64 ",\"meter_completion_tokens\":%" PRIu64
                         ",\"tokenizer\":\"%s\",\"tokenizer_exact\":%s",
                         c->info.stream ? "true" : "false", c->status, c->up_status, u.prompt,
-                        u.completion, u.cached, u.source, c->prompt_est, meter_completion(&c->meter),
+                        u.completion, u.cached, u.source, c->prompt_est, u.metered,
                         c->meter.enc ? tok_name(c->meter.enc) : "bytes/4",
                         c->tok_exact && !meter_estimate_only(&c->meter) ? "true" : "false");
     if (!rc)
@@ -353,16 +355,15 @@ static int call_on_event(const sse_event *ev, void *ud)
     call *c = ud;
     if (ev->has_data && !(ev->data.len == 6 && memcmp(ev->data.p, "[DONE]", 6) == 0)) {
         openai_chunk_info ci;
-        if (openai_chunk_scan(ev->data.p, ev->data.len, &ci) == 0) {
+        /* one pass: usage, and the text the client gets, metered as it passes
+         * (a usage-only chunk has no text) */
+        if (openai_chunk_scan_text(ev->data.p, ev->data.len, &ci, meter_openai_text, &c->meter) == 0) {
             if (ci.has_usage) {
                 c->usage = ci.usage;
                 c->have_usage = true;
             }
             if (openai_chunk_is_usage_only(&ci) && !c->info.include_usage)
                 return 0; /* asked for by tollgate, not by the caller */
-            /* the text the client gets, counted as it passes */
-            if (openai_each_text(ev->data.p, ev->data.len, true, meter_openai_text, &c->meter) != 0)
-                log_debug(c->req ? c->req->request_id : NULL, "chunk without an object: not metered");
         }
     }
     return buf_append(&c->out, ev->raw.p, ev->raw.len) == 0 ? 0 : -1;

@@ -337,7 +337,14 @@ static void usage_read(const jscan_val *obj, openai_usage *u)
     }
 }
 
+static void each_text_of(const jscan_val *msg, int64_t choice, openai_text_fn fn, void *ud);
+
 int openai_chunk_scan(const char *data, size_t n, openai_chunk_info *ci)
+{
+    return openai_chunk_scan_text(data, n, ci, NULL, NULL);
+}
+
+int openai_chunk_scan_text(const char *data, size_t n, openai_chunk_info *ci, openai_text_fn fn, void *ud)
 {
     jscan_val root, k, v;
     jscan_iter it;
@@ -361,11 +368,29 @@ int openai_chunk_scan(const char *data, size_t n, openai_chunk_info *ci)
             jscan_val choice, fr;
             if (jscan_iter_init(&ci_it, &v))
                 return -EINVAL;
-            while (ci->finish_reason.len == 0 && jscan_arr_next(&ci_it, &choice) == 0) {
-                if (choice.type == JSCAN_OBJECT &&
-                    jscan_val_get(&choice, "finish_reason", &fr) == 0 && fr.type == JSCAN_STRING &&
-                    fr.n > 2)
-                    ci->finish_reason = slice_make(fr.p + 1, fr.n - 2);
+            int64_t pos = 0;
+            while ((fn || ci->finish_reason.len == 0) && jscan_arr_next(&ci_it, &choice) == 0) {
+                int64_t index = pos++;
+                jscan_val delta = {0};
+                jscan_iter mit;
+                jscan_val mk, mv;
+                /* one pass over the choice's members */
+                if (choice.type != JSCAN_OBJECT || jscan_iter_init(&mit, &choice) != 0)
+                    continue;
+                while (jscan_obj_next(&mit, &mk, &mv) == 0) {
+                    if (jscan_str_eq(&mk, "finish_reason", 13)) {
+                        fr = mv;
+                        if (ci->finish_reason.len == 0 && fr.type == JSCAN_STRING && fr.n > 2)
+                            ci->finish_reason = slice_make(fr.p + 1, fr.n - 2);
+                    } else if (fn && jscan_str_eq(&mk, "delta", 5)) {
+                        delta = mv;
+                    } else if (fn && jscan_str_eq(&mk, "index", 5)) {
+                        if (jscan_int64(&mv, &index) != 0)
+                            index = pos - 1;
+                    }
+                }
+                if (fn && delta.type == JSCAN_OBJECT)
+                    each_text_of(&delta, index, fn, ud);
             }
         } else if (!seen_usage && jscan_str_eq(&k, "usage", 5)) {
             seen_usage = true;

@@ -75,6 +75,20 @@ typedef struct openai_chunk_info {
                           * when none */
 } openai_chunk_info;
 
+/* Generated text in a chunk or a response, for the token meter. */
+typedef enum openai_text_kind {
+    OPENAI_TEXT_CONTENT,   /* content (a string or text parts) */
+    OPENAI_TEXT_REASONING, /* reasoning / reasoning_content (OpenRouter, DeepSeek-style) */
+    OPENAI_TEXT_REFUSAL,   /* refusal */
+    OPENAI_TEXT_TOOL_NAME, /* tool_calls[].function.name (or function_call.name) */
+    OPENAI_TEXT_TOOL_ARGS, /* tool_calls[].function.arguments (or function_call.arguments) */
+} openai_text_kind;
+
+/* Called per text string: choice is choices[].index (or the position),
+ * tool the tool call's index (-1 for other kinds); str is a JSCAN_STRING. */
+typedef void (*openai_text_fn)(void *ud, openai_text_kind kind, int64_t choice, int64_t tool,
+                               const jscan_val *str);
+
 /* Validates a chat-completions request body (RFC 8259, depth
  * OPENAI_REQ_MAX_DEPTH, top-level object) and fills *info. Each of model,
  * messages, stream, stream_options, max_tokens, max_completion_tokens and
@@ -97,6 +111,11 @@ int openai_req_rewrite(const char *body, size_t n, const openai_req_info *info,
  * "[DONE]"). 0, or -EINVAL when it is not a valid JSON object. */
 int openai_chunk_scan(const char *data, size_t n, openai_chunk_info *ci) OPENAI_MUSTCHECK;
 
+/* openai_chunk_scan that, in the same pass, reports the generated text of
+ * each choices[].delta to fn (see openai_each_text; fn may be NULL). */
+int openai_chunk_scan_text(const char *data, size_t n, openai_chunk_info *ci, openai_text_fn fn,
+                           void *ud) OPENAI_MUSTCHECK;
+
 /* True for the extra chunk stream_options.include_usage adds: "choices"
  * is [] and "usage" is an object. Strip it for callers who did not ask. */
 bool openai_chunk_is_usage_only(const openai_chunk_info *ci);
@@ -105,20 +124,6 @@ bool openai_chunk_is_usage_only(const openai_chunk_info *ci);
  * -ENOENT when there is no usage object, -EINVAL when the body is not a
  * valid JSON object. */
 int openai_resp_usage(const char *body, size_t n, openai_usage *u) OPENAI_MUSTCHECK;
-
-/* Generated text in a chunk or a response, for the token meter. */
-typedef enum openai_text_kind {
-    OPENAI_TEXT_CONTENT,   /* content (a string or text parts) */
-    OPENAI_TEXT_REASONING, /* reasoning / reasoning_content (OpenRouter, DeepSeek-style) */
-    OPENAI_TEXT_REFUSAL,   /* refusal */
-    OPENAI_TEXT_TOOL_NAME, /* tool_calls[].function.name (or function_call.name) */
-    OPENAI_TEXT_TOOL_ARGS, /* tool_calls[].function.arguments (or function_call.arguments) */
-} openai_text_kind;
-
-/* Called per text string: choice is choices[].index (or the position),
- * tool the tool call's index (-1 for other kinds); str is a JSCAN_STRING. */
-typedef void (*openai_text_fn)(void *ud, openai_text_kind kind, int64_t choice, int64_t tool,
-                               const jscan_val *str);
 
 /* Walks choices[].delta (a stream chunk, delta true) or choices[].message
  * (a whole response) and reports every generated text string, in
