@@ -209,3 +209,46 @@ describe('metering', () => {
     assert.equal(log.cost_usd, null);
   });
 });
+
+describe('metering without tokenizer data', () => {
+  let up;
+  let gw;
+  before(async () => {
+    up = await startUpstream();
+    gw = await startGateway(
+      baseConfig(up.baseUrl, (cfg) => {
+        cfg.tokenizer_dir = '/nonexistent/tollgate-tokenizer';
+        cfg.models.push({ name: 'priced/*', provider: 'up', price: { input: '0.15', output: '0.60' } });
+      }),
+    );
+  });
+  after(async () => {
+    await gw?.stop();
+    await up?.close();
+  });
+
+  it('starts with a warning and bills cut streams on a flagged bytes/4 estimate', { timeout: 20000 }, async () => {
+    await gw.waitForStderr(/tokenizer data incomplete/, 5000);
+    const events = fixtureEvents('openai/chat_stream.sse');
+    const k = 5;
+    const end = events.slice(0, k).reduce((n, e) => n + Buffer.byteLength(e), 0);
+    const id = newRequestId('nodata');
+    const conn = await RawConn.open(gw.port);
+    try {
+      await conn.write(chatRequest({ model: `priced/openai/chat_stream?reset=${end}`, stream: true, headers: { 'x-request-id': id } }));
+      const r = await conn.next(10000);
+      assert.equal(r.status, 200);
+    } finally {
+      conn.destroy();
+    }
+    const log = await gw.accessLogFor(id);
+    const { segs } = fieldsOf(events.slice(0, k));
+    const bytes = segs.reduce((n, x) => n + Buffer.byteLength(x), 0);
+    assert.equal(log.usage_source, 'estimated');
+    assert.equal(log.tokenizer, 'bytes/4');
+    assert.equal(log.tokenizer_exact, false);
+    assert.equal(log.completion_tokens, Math.ceil(bytes / 4) + 1);
+    assert.ok(log.prompt_tokens > 0);
+    assert.equal(log.cost_usd, costUsd(log.prompt_tokens, log.completion_tokens));
+  });
+});
