@@ -122,15 +122,24 @@ static bool walk_piece(void *ud, size_t off, size_t len)
     return true;
 }
 
-/* Counts every piece but the last two; keeps those. */
-static void commit(meter *m)
+/* Counts every piece but the last two; keeps those. With only_last, the
+ * first of the two is counted too (when the pair fills the buffer: a
+ * piece followed by another is final as far as the pre-tokenizer's one
+ * character of lookahead goes; two are held back only for margin). */
+static void commit_keep(meter *m, bool only_last)
 {
     struct walk k = {.m = m};
     tok_pieces(m->enc, m->work, m->hold, m->hold_len, walk_piece, &k);
+    if (only_last && k.have == 2) {
+        m->committed += tok_encode_piece(m->enc, m->work, m->hold + k.a_off, k.a_len, NULL, NULL);
+        k.a_off = k.b_off;
+    }
     size_t keep = k.have ? k.a_off : m->hold_len;
     memmove(m->hold, m->hold + keep, m->hold_len - keep);
     m->hold_len -= (uint32_t)keep;
 }
+
+static void commit(meter *m) { commit_keep(m, false); }
 
 /* Counts everything held as final text. */
 static void force(meter *m)
@@ -149,6 +158,8 @@ static void hold_append(meter *m, const char *p, size_t n)
             take--;
         if (take == 0) {
             commit(m);
+            if (METER_HOLD_MAX - m->hold_len < 4) /* two pieces fill it */
+                commit_keep(m, true);
             if (METER_HOLD_MAX - m->hold_len < 4) /* one piece fills it */
                 force(m);
             continue;

@@ -7,3 +7,8 @@ if(TG_SANITIZE)
                       -fno-omit-frame-pointer)
   add_link_options(-fsanitize=address,undefined)
 endif()
+if(TG_FUZZ)
+  # Coverage instrumentation for every library the fuzzers exercise (the
+  # drivers add -fsanitize=fuzzer, which also links libFuzzer's main).
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()

@@ -200,6 +200,31 @@ static void test_long_piece(void **state)
     free(t);
 }
 
+/* Two adjacent pieces that fill the hold-back buffer together: the first
+ * is final, the second keeps growing; the count stays exact (found by
+ * fuzz_tokenizer: x*2100 then !*2100 once counted one token too many). */
+static void test_two_long_pieces(void **state)
+{
+    (void)state;
+    NEED_DATA();
+    static const size_t shapes[][2] = {{2100, 2100}, {3000, 1200}, {4000, 90}, {1, 4094}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        size_t a = shapes[s][0], b = shapes[s][1], n = a + b;
+        char *t = malloc(n);
+        memset(t, 'x', a);
+        memset(t + a, '!', b);
+        uint64_t want = tok_count(toks.o200k, work, t, n);
+        size_t cuts[1200];
+        size_t nc = 0;
+        for (size_t at = 5; at < n && nc < 1200; at += 5)
+            cuts[nc++] = at;
+        uint64_t got = fed(toks.o200k, t, n, cuts, nc);
+        if (got != want)
+            fail_msg("%zu x + %zu !: meter %" PRIu64 ", exact %" PRIu64, a, b, got, want);
+        free(t);
+    }
+}
+
 /* Feeding a delta allocates nothing: the hold-back buffer comes once. */
 static void test_no_allocation_per_delta(void **state)
 {
@@ -465,6 +490,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_incremental_equals_oneshot),
         cmocka_unit_test(test_long_piece),
+        cmocka_unit_test(test_two_long_pieces),
         cmocka_unit_test(test_no_allocation_per_delta),
         cmocka_unit_test(test_fixture_streams),
         cmocka_unit_test(test_cut_content_every_byte),
