@@ -18,35 +18,6 @@ static void usage(void)
                     "                         [--count] [--bench N] FILE|-\n");
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *data = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 65536;
-            char *d = realloc(data, cap);
-            if (!d) {
-                free(data);
-                data = NULL;
-                break;
-            }
-            data = d;
-        }
-        size_t r = fread(data + n, 1, cap - n, f);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    if (f != stdin)
-        fclose(f);
-    *len = n;
-    return data;
-}
-
 struct ids {
     FILE *out;
     size_t n;
@@ -99,12 +70,18 @@ int cli_tokenize(int argc, char **argv)
         fprintf(stderr, "tollgate tokenize: no tokenizer data: %s\n", err);
         return 2;
     }
-    size_t len = 0;
-    char *text = slurp(file, &len);
+    buf in;
+    buf_init(&in, (size_t)1 << 31);
+    FILE *f = strcmp(file, "-") == 0 ? stdin : fopen(file, "rb");
+    int rd = f ? buf_append_file(&in, f) : -errno;
+    if (f && f != stdin)
+        fclose(f);
+    const char *text = in.data ? in.data : "";
+    size_t len = in.len;
     tok_work *w = tok_work_new();
     int rc = 0;
-    if (!text || !w) {
-        fprintf(stderr, "tollgate tokenize: %s: %s\n", file, text ? "out of memory" : strerror(errno));
+    if (rd != 0 || !w) {
+        fprintf(stderr, "tollgate tokenize: %s: %s\n", file, rd ? strerror(-rd) : "out of memory");
         rc = 1;
     } else if (bench > 0) {
         struct timespec a, b;
@@ -126,7 +103,7 @@ int cli_tokenize(int argc, char **argv)
     }
     if (fflush(stdout) != 0)
         rc = 1;
-    free(text);
+    buf_free(&in);
     tok_work_free(w);
     tok_close(e);
     return rc;

@@ -11,34 +11,6 @@
 
 #include "billing/tokenizer.h"
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *data = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 1 << 20;
-            char *d = realloc(data, cap);
-            if (!d) {
-                free(data);
-                fclose(f);
-                return NULL;
-            }
-            data = d;
-        }
-        size_t r = fread(data + n, 1, cap - n, f);
-        n += r;
-        if (r == 0)
-            break;
-    }
-    fclose(f);
-    *len = n;
-    return data;
-}
-
 int main(int argc, char **argv)
 {
     if (argc < 4) {
@@ -49,14 +21,16 @@ int main(int argc, char **argv)
         char in[4096], out[4096], err[256];
         snprintf(in, sizeof in, "%s/%s.json", argv[1], argv[i]);
         snprintf(out, sizeof out, "%s/%s.tgbpe", argv[2], argv[i]);
-        size_t len;
-        char *json = slurp(in, &len);
-        if (!json) {
+        FILE *f = fopen(in, "rb");
+        buf json;
+        buf_init(&json, (size_t)1 << 30);
+        if (!f || buf_append_file(&json, f) != 0) {
             perror(in);
             return 1;
         }
-        int rc = tok_convert_tiktoken_json(argv[i], json, len, out, err, sizeof err);
-        free(json);
+        fclose(f);
+        int rc = tok_convert_tiktoken_json(argv[i], json.data, json.len, out, err, sizeof err);
+        buf_free(&json);
         if (rc != 0) {
             fprintf(stderr, "%s: %s\n", in, err);
             return 1;

@@ -138,3 +138,17 @@ int buf_append_json_escaped(buf *b, const char *s, size_t n)
     }
     return buf_append(b, s + run, n - run);
 }
+
+int buf_append_file(buf *b, FILE *f)
+{
+    for (;;) {
+        int rc = buf_reserve(b, 65536);
+        if (rc)
+            return rc;
+        size_t r = fread(b->data + b->len, 1, b->cap - b->len, f);
+        b->len += r;
+        b->data[b->len] = '\0';
+        if (r == 0)
+            return ferror(f) ? -EIO : 0;
+    }
+}

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #define BUF_MUSTCHECK __attribute__((warn_unused_result))
@@ -51,6 +52,9 @@ static inline int BUF_MUSTCHECK buf_append_str(buf *b, const char *s) { return b
 static inline int BUF_MUSTCHECK buf_append_slice(buf *b, slice s) { return buf_append(b, s.p, s.len); }
 /* Appends formatted text (snprintf rules). 0, -E2BIG, -ENOMEM. */
 int buf_printf(buf *b, const char *fmt, ...) BUF_MUSTCHECK __attribute__((format(printf, 2, 3)));
+/* Appends everything f has left (up to the cap). 0, -E2BIG, -ENOMEM,
+ * -EIO on a read error. */
+int buf_append_file(buf *b, FILE *f) BUF_MUSTCHECK;
 /* Drops the first n bytes (consumed input), moving the rest to the front. */
 void buf_consume(buf *b, size_t n);
 /* Appends s as the body of a JSON string (quotes not included), escaping

@@ -24,6 +24,21 @@ function costUsd(prompt, completion) {
   return `${s.slice(0, -9)}.${frac}`;
 }
 
+/** Sends one chat request on a fresh connection, expects `status`, and
+ * returns the call's access-log line. */
+async function callAndLog(gw, tag, model, { stream = true, status = 200 } = {}) {
+  const id = newRequestId(tag);
+  const conn = await RawConn.open(gw.port);
+  try {
+    await conn.write(chatRequest({ model, stream, headers: { 'x-request-id': id } }));
+    const r = await conn.next(10000);
+    assert.equal(r.status, status);
+  } finally {
+    conn.destroy();
+  }
+  return gw.accessLogFor(id);
+}
+
 const enc = get_encoding('o200k_base');
 after(() => enc.free());
 
@@ -93,16 +108,7 @@ describe('metering', () => {
   });
 
   it('provider usage is the truth; the meter is logged beside it, with cost and price', async () => {
-    const id = newRequestId('usage');
-    const conn = await RawConn.open(gw.port);
-    try {
-      await conn.write(chatRequest({ model: 'priced/openai/chat_stream', stream: true, headers: { 'x-request-id': id } }));
-      const r = await conn.next(10000);
-      assert.equal(r.status, 200);
-    } finally {
-      conn.destroy();
-    }
-    const log = await gw.accessLogFor(id);
+    const log = await callAndLog(gw, 'usage', 'priced/openai/chat_stream');
     assert.equal(log.usage_source, 'provider');
     assert.equal(log.prompt_tokens, 78);
     assert.equal(log.completion_tokens, 9);
@@ -125,16 +131,7 @@ describe('metering', () => {
         end += Buffer.byteLength(events[k - 1]);
         const relayed = events.slice(0, k);
         if (relayed.some((ev) => eventPayload(ev)?.usage)) break; // usage arrived: not a cut any more
-        const id = newRequestId(`cut${k}`);
-        const conn = await RawConn.open(gw.port);
-        try {
-          await conn.write(chatRequest({ model: `priced/${fx}?reset=${end}`, stream: true, headers: { 'x-request-id': id } }));
-          const r = await conn.next(10000);
-          assert.equal(r.status, 200);
-        } finally {
-          conn.destroy();
-        }
-        const log = await gw.accessLogFor(id);
+        const log = await callAndLog(gw, `cut${k}`, `priced/${fx}?reset=${end}`);
         const want = expectedCompletion(relayed);
         assert.equal(log.usage_source, 'estimated', `cut after ${k} events`);
         assert.equal(log.completion_tokens, want, `cut after ${k} events: completion tokens of the relayed text`);
@@ -177,16 +174,7 @@ describe('metering', () => {
     const events = fixtureEvents('openai/chat_stream_tool_call.sse');
     const k = 3;
     const end = events.slice(0, k).reduce((n, e) => n + Buffer.byteLength(e), 0);
-    const id = newRequestId('quiet');
-    const conn = await RawConn.open(gw.port);
-    try {
-      await conn.write(chatRequest({ model: `quiet/openai/chat_stream_tool_call?stall=${end}`, stream: true, headers: { 'x-request-id': id } }));
-      const r = await conn.next(10000);
-      assert.equal(r.status, 200);
-    } finally {
-      conn.destroy();
-    }
-    const log = await gw.accessLogFor(id);
+    const log = await callAndLog(gw, 'quiet', `quiet/openai/chat_stream_tool_call?stall=${end}`);
     assert.equal(log.usage_source, 'estimated');
     assert.match(log.error ?? '', /idle|timeout/);
     assert.equal(log.completion_tokens, expectedCompletion(events.slice(0, k)));
@@ -194,16 +182,7 @@ describe('metering', () => {
   });
 
   it('an upstream error is not billed', async () => {
-    const id = newRequestId('err');
-    const conn = await RawConn.open(gw.port);
-    try {
-      await conn.write(chatRequest({ model: 'priced/openai/error_429', stream: false, headers: { 'x-request-id': id } }));
-      const r = await conn.next(10000);
-      assert.equal(r.status, 429);
-    } finally {
-      conn.destroy();
-    }
-    const log = await gw.accessLogFor(id);
+    const log = await callAndLog(gw, 'err', 'priced/openai/error_429', { stream: false, status: 429 });
     assert.equal(log.usage_source, 'none');
     assert.equal(log.prompt_tokens, 0);
     assert.equal(log.cost_usd, null);
@@ -232,16 +211,7 @@ describe('metering without tokenizer data', () => {
     const events = fixtureEvents('openai/chat_stream.sse');
     const k = 5;
     const end = events.slice(0, k).reduce((n, e) => n + Buffer.byteLength(e), 0);
-    const id = newRequestId('nodata');
-    const conn = await RawConn.open(gw.port);
-    try {
-      await conn.write(chatRequest({ model: `priced/openai/chat_stream?reset=${end}`, stream: true, headers: { 'x-request-id': id } }));
-      const r = await conn.next(10000);
-      assert.equal(r.status, 200);
-    } finally {
-      conn.destroy();
-    }
-    const log = await gw.accessLogFor(id);
+    const log = await callAndLog(gw, 'nodata', `priced/openai/chat_stream?reset=${end}`);
     const { segs } = fieldsOf(events.slice(0, k));
     const bytes = segs.reduce((n, x) => n + Buffer.byteLength(x), 0);
     assert.equal(log.usage_source, 'estimated');
