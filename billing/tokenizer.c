@@ -1015,31 +1015,13 @@ size_t tok_utf8_sanitize_to(char *out, const char *str, size_t len, bool final, 
 
 int tok_utf8_sanitize(buf *out, const char *str, size_t len, bool final, size_t *held)
 {
-    static const char fffd[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
-    const uint8_t *s = (const uint8_t *)str;
-    size_t i = 0;
-    *held = 0;
-    while (i < len) {
-        size_t ok = tok_utf8_valid_prefix(str + i, len - i);
-        int rc = buf_append(out, str + i, ok);
-        if (rc)
-            return rc;
-        i += ok;
-        if (i >= len)
-            break;
-        size_t sub;
-        (void)utf8_seq(s + i, len - i, &sub);
-        if (sub == 0) { /* incomplete at the end */
-            if (!final) {
-                *held = len - i;
-                return 0;
-            }
-            sub = len - i;
-        }
-        if ((rc = buf_append(out, fffd, 3)) != 0)
-            return rc;
-        i += sub;
-    }
+    if (len > SIZE_MAX / 3)
+        return -E2BIG;
+    int rc = buf_reserve(out, 3 * len); /* every byte can become U+FFFD */
+    if (rc)
+        return rc;
+    out->len += tok_utf8_sanitize_to(out->data + out->len, str, len, final, held);
+    out->data[out->len] = '\0';
     return 0;
 }
 
