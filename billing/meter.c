@@ -252,10 +252,10 @@ void meter_field(meter *m, uint64_t field)
     m->field = field;
 }
 
-void meter_openai_text(void *ud, openai_text_kind kind, int64_t choice, int64_t tool,
-                       const jscan_val *str)
+/* Switches to the text of kind, choice and tool; counts choices and
+ * tool calls. */
+static void meter__select(meter *m, openai_text_kind kind, int64_t choice, int64_t tool)
 {
-    meter *m = ud;
     if (choice < 0 || choice > 1 << 20)
         choice = 0;
     meter_field(m, (uint64_t)kind << 48 ^ (uint64_t)choice << 24 ^ (uint64_t)(tool + 1));
@@ -263,8 +263,22 @@ void meter_openai_text(void *ud, openai_text_kind kind, int64_t choice, int64_t 
         m->choices = (uint32_t)choice + 1;
     if (kind == OPENAI_TEXT_TOOL_NAME)
         m->tool_calls++;
+}
+
+void meter_openai_text(void *ud, openai_text_kind kind, int64_t choice, int64_t tool,
+                       const jscan_val *str)
+{
+    meter *m = ud;
+    meter__select(m, kind, choice, tool);
     if (jscan_str_each(str, meter_feed_cb, m) != 0)
         meter_feed(m, str->p, str->n);
+}
+
+void meter_text(meter *m, openai_text_kind kind, int64_t choice, int64_t tool, const char *p,
+                size_t n)
+{
+    meter__select(m, kind, choice, tool);
+    meter_feed(m, p, n);
 }
 
 uint64_t meter_completion(const meter *m)

@@ -98,6 +98,13 @@ void meter_field(meter *m, uint64_t field);
 void meter_openai_text(void *ud, openai_text_kind kind, int64_t choice, int64_t tool,
                        const jscan_val *str);
 
+/* The same for text already decoded (any wire format): p[0, n) is (a
+ * fragment of) the string of output kind `kind` in choice and tool
+ * (-1 for text that is not a tool call's); a TOOL_NAME counts one tool
+ * call. */
+void meter_text(meter *m, openai_text_kind kind, int64_t choice, int64_t tool, const char *p,
+                size_t n);
+
 /* Completion tokens the output costs, as the meter sees it: its text plus
  * the framing the model emits (METER_COMPLETION_END per message,
  * METER_TOOL_CALL_FRAMING per tool call). 0 when nothing was fed. */

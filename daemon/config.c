@@ -28,6 +28,7 @@
 #include <yaml.h>
 
 #include "daemon/base/log.h"
+#include "providers/chat.h"
 
 #define CFG_PATH_MAX 256           /* longest key path kept for messages */
 #define CFG_VALUE_MAX 65536        /* longest scalar after ${VAR} substitution */
@@ -128,6 +129,7 @@ enum cfg__type {
     CFG_LISTEN,   /* host:port into config_listen */
     CFG_PTYPE,    /* preset name into config_provider_type */
     CFG_STATUS,   /* 0 or an HTTP error status 400..599 into int */
+    CFG_FORMAT,   /* wire format name (openai|anthropic|gemini) into int (chat_format_id) */
 };
 
 #define CFG_RESTART 1u  /* a reload may not change it */
@@ -187,6 +189,7 @@ static const struct cfg__setting cfg__provider[] = {
     {"mock.fail_status", CFG_STATUS, PRV(mock.fail_status), "0", 0, 0, CFG_MOCK},
     {"mock.fail_every", CFG_U32, PRV(mock.fail_every), "0", 0, 1000000000, CFG_MOCK},
     {"mock.cut_after_chunks", CFG_U32, PRV(mock.cut_after_chunks), "0", 0, 1000000000, CFG_MOCK},
+    {"mock.format", CFG_FORMAT, PRV(mock.format), "openai", 0, 0, CFG_MOCK},
 };
 static const char *const cfg__provider_extra[] = {"headers"};
 
@@ -237,9 +240,21 @@ static const struct {
     [CONFIG_PROVIDER_OPENROUTER] = {"openrouter", "https://openrouter.ai/api/v1"},
     [CONFIG_PROVIDER_TOGETHER] = {"together", "https://api.together.xyz/v1"},
     [CONFIG_PROVIDER_HUGGINGFACE] = {"huggingface", "https://router.huggingface.co/v1"},
+    [CONFIG_PROVIDER_ANTHROPIC] = {"anthropic", "https://api.anthropic.com/v1"},
+    [CONFIG_PROVIDER_GEMINI] = {"gemini", "https://generativelanguage.googleapis.com/v1beta"},
     [CONFIG_PROVIDER_OPENAI_COMPATIBLE] = {"openai_compatible", NULL},
     [CONFIG_PROVIDER_MOCK] = {"mock", NULL},
 };
+
+int config_provider_format(const config_provider *p)
+{
+    switch (p->type) {
+    case CONFIG_PROVIDER_ANTHROPIC: return CHAT_FMT_ANTHROPIC;
+    case CONFIG_PROVIDER_GEMINI: return CHAT_FMT_GEMINI;
+    case CONFIG_PROVIDER_MOCK: return p->mock.format;
+    default: return CHAT_FMT_OPENAI;
+    }
+}
 
 const char *config_provider_type_name(config_provider_type type)
 {
@@ -591,8 +606,18 @@ static int cfg__apply(struct config__arena *a, const struct cfg__setting *st, vo
             }
         }
         bad = "must be one of openai, fireworks, openrouter, together, huggingface, "
-              "openai_compatible, mock";
+              "anthropic, gemini, openai_compatible, mock";
         break;
+    case CFG_FORMAT: {
+        const chat_format *fmt = chat_format_by_name(s);
+        if (!fmt) {
+            bad = "must be one of openai, anthropic, gemini";
+            break;
+        }
+        int id = (int)fmt->id;
+        memcpy(f, &id, sizeof(id));
+        return 0;
+    }
     case CFG_LISTEN: {
         config_listen l;
         char host[256];
@@ -681,6 +706,7 @@ static bool cfg__equal(const struct cfg__setting *st, const void *a, const void 
         return memcmp(fa, fb, sizeof(bool)) == 0;
     case CFG_LOGLEVEL:
     case CFG_STATUS:
+    case CFG_FORMAT:
         return memcmp(fa, fb, sizeof(int)) == 0;
     case CFG_PTYPE:
         return memcmp(fa, fb, sizeof(config_provider_type)) == 0;
@@ -2006,6 +2032,14 @@ static const struct {
      "  - {name: gpt-4o-mini, provider: openai}\n"
      "  - {name: gpt-4.1, provider: openai}\n"
      "  - {name: gpt-4.1-mini, provider: openai}\n"},
+    {"ANTHROPIC_API_KEY", "anthropic",
+     "  - {name: claude-sonnet-4-5, provider: anthropic}\n"
+     "  - {name: claude-haiku-4-5, provider: anthropic}\n"
+     "  - {name: claude-opus-4-1, provider: anthropic}\n"},
+    {"GEMINI_API_KEY", "gemini",
+     "  - {name: gemini-2.5-flash, provider: gemini}\n"
+     "  - {name: gemini-2.5-pro, provider: gemini}\n"
+     "  - {name: gemini-2.0-flash, provider: gemini}\n"},
     {"FIREWORKS_API_KEY", "fireworks", "  - {name: \"fireworks/*\", provider: fireworks}\n"},
     {"OPENROUTER_API_KEY", "openrouter", "  - {name: \"openrouter/*\", provider: openrouter}\n"},
     {"TOGETHER_API_KEY", "together", "  - {name: \"together/*\", provider: together}\n"},
@@ -2059,7 +2093,9 @@ int config_default(config_getenv_fn getenv_fn, config **out, char *demo_key, siz
     }
     rc |= buf_append_str(&y, "listen: \"${TOLLGATE_LISTEN:-127.0.0.1:8080}\"\n"
                              "providers:\n"
-                             "  - {name: mock, type: mock}\n");
+                             "  - {name: mock, type: mock}\n"
+                             "  - {name: mock-anthropic, type: mock, mock: {format: anthropic}}\n"
+                             "  - {name: mock-gemini, type: mock, mock: {format: gemini}}\n");
     for (size_t i = 0; i < CFG_ARRAY_LEN(cfg__default_providers); i++) {
         have[i] = cfg__env_set(getenv_fn, cfg__default_providers[i].env);
         if (have[i])
@@ -2067,7 +2103,9 @@ int config_default(config_getenv_fn getenv_fn, config **out, char *demo_key, siz
                              cfg__default_providers[i].name, cfg__default_providers[i].name,
                              cfg__default_providers[i].env);
     }
-    rc |= buf_append_str(&y, "models:\n  - {name: mock-1, provider: mock}\n");
+    rc |= buf_append_str(&y, "models:\n  - {name: mock-1, provider: mock}\n"
+                             "  - {name: mock-claude, provider: mock-anthropic}\n"
+                             "  - {name: mock-gemini, provider: mock-gemini}\n");
     if (!have[0])
         rc |= buf_append_str(&y, "  - {name: gpt-4o-mini, provider: mock}\n");
     for (size_t i = 0; i < CFG_ARRAY_LEN(cfg__default_providers); i++)

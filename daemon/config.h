@@ -46,6 +46,8 @@ typedef enum config_provider_type {
     CONFIG_PROVIDER_OPENROUTER,        /* openrouter.ai, OpenAI wire format */
     CONFIG_PROVIDER_TOGETHER,          /* api.together.xyz, OpenAI wire format */
     CONFIG_PROVIDER_HUGGINGFACE,       /* router.huggingface.co, OpenAI wire format */
+    CONFIG_PROVIDER_ANTHROPIC,         /* api.anthropic.com, Messages API */
+    CONFIG_PROVIDER_GEMINI,            /* generativelanguage.googleapis.com, generateContent */
     CONFIG_PROVIDER_OPENAI_COMPATIBLE, /* any OpenAI-compatible base_url (vLLM, Ollama, ...) */
     CONFIG_PROVIDER_MOCK,              /* the built-in mock provider (providers/mock.h) */
 } config_provider_type;
@@ -230,6 +232,9 @@ const config_provider *config_find_provider(const config *cfg, const char *name)
 
 /* The preset's lower-case name ("openai", "openai_compatible", ...). */
 const char *config_provider_type_name(config_provider_type type);
+/* The wire format a provider speaks (a chat_format_id of providers/chat.h):
+ * the preset's, or mock.format for the mock. */
+int config_provider_format(const config_provider *p);
 
 /* Test helper: true if the n bytes at p occur anywhere in memory owned by
  * cfg (the object and its arena). Used to prove plaintext keys are gone. */

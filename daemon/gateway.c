@@ -18,6 +18,8 @@
 #include "daemon/httpc.h"
 #include "daemon/tls.h"
 #include "daemon/version.h"
+#include "providers/chat.h"
+#include "providers/jscan.h"
 #include "providers/mock.h"
 #include "providers/openai.h"
 #include "providers/sse.h"
@@ -97,23 +99,66 @@ typedef struct call {
     meter meter;                   /* the output's tokens as relayed */
     uint64_t prompt_est;           /* prompt tokens counted at admission */
     bool tok_exact;                /* the tokenizer is the model's own */
+    const chat_format *fin;        /* the caller's wire format */
+    const chat_format *fup;        /* the upstream's wire format */
+    bool translate;                /* fin != fup: requests and answers are re-encoded */
+    bool decode;                   /* answers go through fup's decoder (all but OpenAI passthrough) */
+    chat_request creq;             /* the decoded request (when decode) */
+    chat_stream *dec;              /* fup's stream decoder */
+    chat_stream *enc;              /* fin's stream encoder */
+    chat_response *resp_acc;       /* non-stream: the answer being collected (translate) */
+    bool ended;                    /* the decoder saw the end of the answer */
+    bool stream_error;             /* an in-stream error event was relayed */
+    bool finished;                 /* the decoder saw a finish reason */
+    int64_t cache_write;           /* prompt tokens written to the cache (provider usage) */
 } call;
 
 /* ------------------------------------------------------------ responses */
 
-/* Sends an OpenAI-shaped error and finishes the request. */
-static void send_error(http_req *req, int status, const char *type, const char *code,
-                       const char *param, const char *headers, const char *fmt, ...)
-    __attribute__((format(printf, 7, 8)));
+/* Sends an error in the caller's format and finishes the request. */
+static void send_error_in(http_req *req, const chat_format *fin, int status, const char *type,
+                          const char *code, const char *param, const char *headers,
+                          const char *fmt, ...) __attribute__((format(printf, 8, 9)));
+#define send_error(req, ...) send_error_in(req, NULL, __VA_ARGS__)
 
-static void send_error(http_req *req, int status, const char *type, const char *code,
-                       const char *param, const char *headers, const char *fmt, ...)
+/* Sends e in fin's format (status as that format maps e's kind). */
+static void send_chat_error(http_req *req, const chat_format *fin, const chat_error *e,
+                            const char *headers)
+{
+    buf b;
+    buf_init(&b, 8192);
+    int status = e->status;
+    if (fin->error_encode(e, &b, &status) != 0) {
+        buf_free(&b);
+        http_respond(req, 500, "text/plain", NULL, "internal error\n", 15);
+        return;
+    }
+    http_respond(req, status, "application/json", headers, b.data, b.len);
+    buf_free(&b);
+}
+
+static void send_error_in(http_req *req, const chat_format *fin, int status, const char *type,
+                          const char *code, const char *param, const char *headers,
+                          const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (fin && fin->id != CHAT_FMT_OPENAI) {
+        chat_error e;
+        memset(&e, 0, sizeof e);
+        e.status = status;
+        e.kind = chat_err_kind_of_status(status);
+        e.retry_after_ms = -1;
+        snprintf(e.type, sizeof e.type, "%s", type ? type : "");
+        snprintf(e.code, sizeof e.code, "%s", code ? code : "");
+        snprintf(e.param, sizeof e.param, "%s", param ? param : "");
+        snprintf(e.message, sizeof e.message, "%s", msg);
+        send_chat_error(req, fin, &e, headers);
+        return;
+    }
     buf b;
     buf_init(&b, 4096);
     if (openai_error_body(&b, msg, type, param, code) != 0) {
@@ -155,6 +200,15 @@ static void call_free(call *c)
     buf_free(&c->out);
     buf_free(&c->resp);
     meter_free(&c->meter);
+    if (c->fup)
+        c->fup->stream_free(c->dec);
+    if (c->fin)
+        c->fin->stream_free(c->enc);
+    if (c->resp_acc) {
+        chat_response_free(c->resp_acc);
+        free(c->resp_acc);
+    }
+    chat_request_free(&c->creq);
     config_unref(c->cfg);
     c->gw->inflight--;
     free(c);
@@ -169,6 +223,8 @@ static const char *catalog_provider(config_provider_type t)
     case CONFIG_PROVIDER_OPENROUTER: return "openrouter";
     case CONFIG_PROVIDER_TOGETHER: return "together";
     case CONFIG_PROVIDER_HUGGINGFACE: return "huggingface";
+    case CONFIG_PROVIDER_ANTHROPIC: return "anthropic";
+    case CONFIG_PROVIDER_GEMINI: return "gemini";
     default: return NULL;
     }
 }
@@ -176,7 +232,7 @@ static const char *catalog_provider(config_provider_type t)
 /* What a call is billed on. */
 typedef struct call_usage {
     const char *source;  /* "provider", "estimated" or "none" (not billable) */
-    int64_t prompt, completion, cached;
+    int64_t prompt, completion, cached, cache_write;
     int64_t cost;        /* provider cost, nano-USD; -1 unknown */
     int64_t price;       /* customer price, nano-USD; -1 unknown */
     uint64_t metered;    /* the meter's completion tokens */
@@ -195,6 +251,7 @@ static void call_usage_of(const call *c, call_usage *u)
         u->prompt = c->usage.prompt_tokens > 0 ? c->usage.prompt_tokens : 0;
         u->completion = c->usage.completion_tokens > 0 ? c->usage.completion_tokens : 0;
         u->cached = c->usage.cached_tokens > 0 ? c->usage.cached_tokens : 0;
+        u->cache_write = c->cache_write > 0 ? c->cache_write : 0;
     } else if (c->up_status == 200 || (c->sent && c->up_status == 0 && c->status == 499)) {
         u->source = "estimated";
         u->prompt = (int64_t)c->prompt_est;
@@ -206,7 +263,7 @@ static void call_usage_of(const call *c, call_usage *u)
     const char *cp = catalog_provider(c->prov->type);
     const price_entry *pe = cp && c->gw->prices ? prices_find(c->gw->prices, cp, c->provider_model) : NULL;
     if (pe)
-        u->cost = price_cost(pe, u->prompt, u->cached, 0, u->completion);
+        u->cost = price_cost(pe, u->prompt, u->cached, u->cache_write, u->completion);
     if (c->model->price.given) {
         price_entry own = {
             .input = c->model->price.input,
@@ -217,7 +274,7 @@ static void call_usage_of(const call *c, call_usage *u)
             .input_above_200k = c->model->price.input,
             .output_above_200k = c->model->price.output,
         };
-        u->price = price_cost(&own, u->prompt, u->cached, 0, u->completion);
+        u->price = price_cost(&own, u->prompt, u->cached, u->cache_write, u->completion);
         if (u->cost < 0)
             u->cost = u->price; /* no catalog entry: the configured price is the cost */
     } else {
@@ -252,18 +309,21 @@ static void call_log(call *c)
     if (!rc)
         rc = buf_append_json_escaped(&b, c->info.model, strlen(c->info.model));
     if (!rc)
-        rc = buf_printf(&b, "\",\"provider\":\"%s\",\"provider_model\":\"", c->prov->name);
+        rc = buf_printf(&b, "\",\"format\":\"%s\",\"upstream_format\":\"%s\",\"provider\":\"%s\","
+                        "\"provider_model\":\"",
+                        c->fin->name, c->fup->name, c->prov->name);
     if (!rc)
         rc = buf_append_json_escaped(&b, c->provider_model, strlen(c->provider_model));
     if (!rc)
         rc = buf_printf(&b,
                         "\",\"stream\":%s,\"status\":%d,\"upstream_status\":%d,"
                         "\"prompt_tokens\":%" PRId64 ",\"completion_tokens\":%" PRId64
-                        ",\"cached_tokens\":%" PRId64 ",\"usage_source\":\"%s\","
+                        ",\"cached_tokens\":%" PRId64 ",\"cache_write_tokens\":%" PRId64
+                        ",\"usage_source\":\"%s\","
                         "\"meter_prompt_tokens\":%" PRIu64 ",\"meter_completion_tokens\":%" PRIu64
                         ",\"tokenizer\":\"%s\",\"tokenizer_exact\":%s",
                         c->info.stream ? "true" : "false", c->status, c->up_status, u.prompt,
-                        u.completion, u.cached, u.source, c->prompt_est, u.metered,
+                        u.completion, u.cached, u.cache_write, u.source, c->prompt_est, u.metered,
                         c->meter.enc ? tok_name(c->meter.enc) : "bytes/4",
                         c->tok_exact && !meter_estimate_only(&c->meter) ? "true" : "false");
     if (!rc)
@@ -369,6 +429,132 @@ static int call_on_event(const sse_event *ev, void *ud)
     return buf_append(&c->out, ev->raw.p, ev->raw.len) == 0 ? 0 : -1;
 }
 
+/* Meters one normalized event and keeps what billing needs from it. */
+static void call_note_event(call *c, const chat_event *ev)
+{
+    switch (ev->type) {
+    case CHAT_EV_TEXT:
+        meter_text(&c->meter, OPENAI_TEXT_CONTENT, ev->choice, -1, ev->text.p, ev->text.len);
+        break;
+    case CHAT_EV_THINKING:
+        meter_text(&c->meter, OPENAI_TEXT_REASONING, ev->choice, -1, ev->text.p, ev->text.len);
+        break;
+    case CHAT_EV_TOOL_START:
+        meter_text(&c->meter, OPENAI_TEXT_TOOL_NAME, ev->choice, ev->tool, ev->text.p, ev->text.len);
+        break;
+    case CHAT_EV_TOOL_ARGS:
+        meter_text(&c->meter, OPENAI_TEXT_TOOL_ARGS, ev->choice, ev->tool, ev->text.p, ev->text.len);
+        break;
+    case CHAT_EV_START:
+    case CHAT_EV_USAGE: {
+        const chat_usage *u = &ev->usage;
+        if (u->input < 0 && u->output < 0)
+            break;
+        if (!c->have_usage) {
+            c->usage.prompt_tokens = c->usage.completion_tokens = c->usage.cached_tokens = -1;
+            c->usage.total_tokens = -1;
+        }
+        if (u->input >= 0)
+            c->usage.prompt_tokens = u->input;
+        if (u->output >= 0)
+            c->usage.completion_tokens = u->output;
+        if (u->cache_read >= 0)
+            c->usage.cached_tokens = u->cache_read;
+        if (u->cache_write >= 0)
+            c->cache_write = u->cache_write;
+        /* a START carries the input side only: usage is final at USAGE */
+        if (ev->type == CHAT_EV_USAGE)
+            c->have_usage = true;
+        break;
+    }
+    case CHAT_EV_END:
+        c->ended = true;
+        break;
+    case CHAT_EV_FINISH:
+        c->finished = true;
+        break;
+    case CHAT_EV_ERROR:
+        c->stream_error = true;
+        break;
+    default:
+        break;
+    }
+}
+
+/* chat_emit_fn of a stream: meter, then (translating) encode for the
+ * caller into c->out. */
+static int call_emit(void *ud, const chat_event *ev)
+{
+    call *c = ud;
+    call_note_event(c, ev);
+    if (!c->translate)
+        return 0;
+    int rc = ev->type == CHAT_EV_ERROR ? c->fin->stream_error_encode(c->enc, ev->error, &c->out)
+                                       : c->fin->stream_enc_feed(c->enc, ev, &c->out);
+    return rc ? -1 : 0;
+}
+
+/* chat_emit_fn of a whole answer: meter, and collect it when translating. */
+static int call_emit_collect(void *ud, const chat_event *ev)
+{
+    call *c = ud;
+    call_note_event(c, ev);
+    return c->resp_acc ? chat_response_collect(c->resp_acc, ev) : 0;
+}
+
+/* One SSE event from an upstream whose answers are decoded. */
+static int call_on_chat_event(const sse_event *ev, void *ud)
+{
+    call *c = ud;
+    int rc = c->fup->stream_dec_feed(c->dec, ev, call_emit, c);
+    if (rc)
+        return rc;
+    if (!c->translate && buf_append(&c->out, ev->raw.p, ev->raw.len) != 0)
+        return -1;
+    return 0;
+}
+
+/* Upstream rate-limit headers the caller gets, under its format's names
+ * where the two formats name the same thing. */
+static void keep_header(call *c, size_t *hl, slice name, slice value)
+{
+    static const struct {
+        const char *openai, *anthropic;
+    } names[] = {
+        {"x-ratelimit-limit-requests", "anthropic-ratelimit-requests-limit"},
+        {"x-ratelimit-remaining-requests", "anthropic-ratelimit-requests-remaining"},
+        {"x-ratelimit-limit-tokens", "anthropic-ratelimit-tokens-limit"},
+        {"x-ratelimit-remaining-tokens", "anthropic-ratelimit-tokens-remaining"},
+    };
+    char nm[96];
+    int nl = snprintf(nm, sizeof nm, "%.*s", (int)name.len, name.p);
+    if (nl <= 0 || (size_t)nl >= sizeof nm)
+        return;
+    bool pass = slice_eq_nocase(name, "retry-after");
+    if (!pass && c->translate) {
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            const char *from = c->fup->id == CHAT_FMT_ANTHROPIC ? names[i].anthropic : names[i].openai;
+            const char *to = c->fin->id == CHAT_FMT_ANTHROPIC ? names[i].anthropic : names[i].openai;
+            if (slice_eq_nocase(name, from)) {
+                snprintf(nm, sizeof nm, "%s", to);
+                pass = true;
+                break;
+            }
+        }
+    } else if (!pass) {
+        pass = (name.len > 12 && strncasecmp(name.p, "x-ratelimit-", 12) == 0) ||
+               (name.len > 20 && strncasecmp(name.p, "anthropic-ratelimit-", 20) == 0);
+    }
+    if (!pass)
+        return;
+    int k = snprintf(c->up_headers + *hl, sizeof(c->up_headers) - *hl, "%s: %.*s\r\n", nm,
+                     (int)value.len, value.p);
+    if (k > 0 && (size_t)k < sizeof(c->up_headers) - *hl)
+        *hl += (size_t)k;
+    else
+        c->up_headers[*hl] = '\0';
+}
+
 static int call_on_head(upstream_call *up, int status, const upstream_header *hdrs, size_t n,
                         void *ud)
 {
@@ -383,14 +569,8 @@ static int call_on_head(upstream_call *up, int status, const upstream_header *hd
                                                                     : sizeof(c->up_ctype) - 1;
             memcpy(c->up_ctype, hdrs[i].value.p, l);
             c->up_ctype[l] = '\0';
-        } else if (hdrs[i].name.len > 12 && strncasecmp(hdrs[i].name.p, "x-ratelimit-", 12) == 0) {
-            int k = snprintf(c->up_headers + hl, sizeof(c->up_headers) - hl, "%.*s: %.*s\r\n",
-                             (int)hdrs[i].name.len, hdrs[i].name.p, (int)hdrs[i].value.len,
-                             hdrs[i].value.p);
-            if (k > 0 && (size_t)k < sizeof(c->up_headers) - hl)
-                hl += (size_t)k;
-            else
-                c->up_headers[hl] = '\0';
+        } else {
+            keep_header(c, &hl, hdrs[i].name, hdrs[i].value);
         }
     }
     /* an upstream that answers a stream request with plain JSON (some
@@ -398,7 +578,14 @@ static int call_on_head(upstream_call *up, int status, const upstream_header *hd
     if (c->info.stream && status == 200 &&
         (!c->up_ctype[0] || strncasecmp(c->up_ctype, "text/event-stream", 17) == 0)) {
         c->phase = CALL_STREAMING;
-        if (sse_parser_init(&c->sse, GW_MAX_EVENT_BYTES, call_on_event, c) != 0)
+        if (c->decode) {
+            c->dec = c->fup->stream_dec_new();
+            c->enc = c->fin->stream_enc_new(&c->creq);
+            if (!c->dec || !c->enc)
+                return -1;
+        }
+        if (sse_parser_init(&c->sse, GW_MAX_EVENT_BYTES, c->decode ? call_on_chat_event : call_on_event,
+                            c) != 0)
             return -1;
         c->sse_init = true;
         c->status = 200;
@@ -433,8 +620,10 @@ static int call_fail_inside(call *c, const char *why)
         http_stream_end(r);
     } else {
         c->status = 502;
+        const chat_format *fin = c->fin;
         call_end(c);
-        send_error(r, 502, "upstream_error", "upstream_invalid_response", NULL, NULL, "%s", why);
+        send_error_in(r, fin, 502, "upstream_error", "upstream_invalid_response", NULL, NULL, "%s",
+                      why);
     }
     return -1;
 }
@@ -478,6 +667,20 @@ static void stream_fail(call *c, const char *err)
     buf_init(&b, 4096);
     char msg[256];
     snprintf(msg, sizeof(msg), "upstream %s failed mid-stream: %s", c->prov->name, err);
+    if (c->enc) {
+        chat_error ce;
+        memset(&ce, 0, sizeof ce);
+        ce.status = upstream_error_status(err);
+        ce.kind = chat_err_kind_of_status(ce.status);
+        ce.retry_after_ms = -1;
+        snprintf(ce.type, sizeof ce.type, "upstream_error");
+        snprintf(ce.code, sizeof ce.code, "%s", upstream_error_code(err));
+        snprintf(ce.message, sizeof ce.message, "%s", msg);
+        if (c->fin->stream_error_encode(c->enc, &ce, &b) == 0 && b.len)
+            (void)http_stream_write(c->req, b.data, b.len);
+        buf_free(&b);
+        return;
+    }
     buf e;
     buf_init(&e, 2048);
     if (openai_error_body(&e, msg, "upstream_error", NULL, upstream_error_code(err)) == 0 &&
@@ -486,6 +689,55 @@ static void stream_fail(call *c, const char *err)
         (void)http_stream_write(c->req, b.data, b.len);
     buf_free(&e);
     buf_free(&b);
+}
+
+/* The upstream body of a decoded stream ended cleanly: what the format
+ * still owes (Gemini ends with the body), or an error event when the
+ * answer stopped short of its end. */
+static void call_stream_finish(call *c)
+{
+    buf_reset(&c->out);
+    int rc = c->fup->stream_dec_finish(c->dec, call_emit, c);
+    if (!rc && !c->ended && c->finished && !c->stream_error) {
+        /* a finish reason but no end marker (an OpenAI-compatible server
+         * without [DONE]): the answer is whole */
+        chat_event end;
+        memset(&end, 0, sizeof end);
+        end.type = CHAT_EV_END;
+        chat_usage_unset(&end.usage);
+        rc = call_emit(c, &end);
+    }
+    if (c->out.len) {
+        c->bytes_out += c->out.len;
+        (void)http_stream_write(c->req, c->out.data, c->out.len);
+    }
+    if (!c->ended && !c->stream_error) {
+        c->error = "upstream ended the stream before the answer's end";
+        log_info(c->req->request_id, "upstream %s: %s", c->prov->name, c->error);
+        stream_fail(c, upstream_err_reset);
+    }
+}
+
+/* A whole decoded answer (status 200): meters it and, translating,
+ * re-encodes it for the caller into *out. 0, or -1 when the body does
+ * not decode (*why says so). */
+static int call_whole_answer(call *c, buf *out, const char **why)
+{
+    chat_response r;
+    chat_response_init(&r);
+    c->resp_acc = c->translate ? &r : NULL;
+    int rc = c->fup->resp_decode(c->resp.data ? c->resp.data : "", c->resp.len, call_emit_collect, c);
+    c->resp_acc = NULL;
+    if (rc) {
+        *why = "upstream sent a response that does not decode";
+    } else if (c->translate && c->fin->resp_encode(&c->creq, &r, out) != 0) {
+        *why = "could not encode the response";
+        rc = -1;
+    }
+    if (!rc && !c->have_usage && r.have_usage)
+        c->have_usage = true;
+    chat_response_free(&r);
+    return rc ? -1 : 0;
 }
 
 static void call_on_done(upstream_call *up, const char *err, void *ud)
@@ -504,6 +756,8 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
         } else if (sse_parser_finish(&c->sse) == SSE_UNTERMINATED) {
             log_info(req->request_id, "upstream %s ended inside an event", c->prov->name);
         }
+        if (!err && c->decode)
+            call_stream_finish(c);
         c->overhead_ns += clock_mono_ns() - t0;
         http_req *r = c->req;
         call_end(c);
@@ -520,9 +774,10 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
         int st = c->status;
         char pname[64];
         snprintf(pname, sizeof(pname), "%s", c->prov->name);
+        const chat_format *fin = c->fin;
         call_end(c);
-        send_error(r, st, "upstream_error", code, NULL, NULL, "upstream provider '%s': %s", pname,
-                   err);
+        send_error_in(r, fin, st, "upstream_error", code, NULL, NULL, "upstream provider '%s': %s",
+                      pname, err);
         return;
     }
     if (err) {
@@ -532,31 +787,71 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
         http_req *r = c->req;
         int st = c->status;
         const char *code = upstream_error_code(err);
+        const chat_format *fin = c->fin;
         call_end(c);
-        send_error(r, st, "upstream_error", code, NULL, NULL,
-                   "upstream connection failed before the response completed: %s", err);
+        send_error_in(r, fin, st, "upstream_error", code, NULL, NULL,
+                      "upstream connection failed before the response completed: %s", err);
         return;
     }
     /* a whole non-stream (or error) response */
     c->status = c->up_status;
-    if (c->up_status == 200 && openai_resp_usage(c->resp.data ? c->resp.data : "", c->resp.len,
-                                                 &c->usage) == 0)
-        c->have_usage = true;
-    if (c->up_status == 200 && c->resp.len > 0 &&
-        openai_each_text(c->resp.data, c->resp.len, false, meter_openai_text, &c->meter) != 0)
-        log_debug(c->req->request_id, "response is not a JSON object: not metered");
-    c->bytes_out = c->resp.len;
+    buf body = c->resp; /* the bytes the caller gets, kept past call_end */
+    buf_init(&c->resp, 0);
+    char ctype[128];
+    snprintf(ctype, sizeof(ctype), "%s", c->up_ctype[0] ? c->up_ctype : "application/json");
+    if (!c->decode) {
+        if (c->up_status == 200 && openai_resp_usage(body.data ? body.data : "", body.len,
+                                                     &c->usage) == 0)
+            c->have_usage = true;
+        if (c->up_status == 200 && body.len > 0 &&
+            openai_each_text(body.data, body.len, false, meter_openai_text, &c->meter) != 0)
+            log_debug(c->req->request_id, "response is not a JSON object: not metered");
+    } else if (c->up_status == 200) {
+        buf out;
+        buf_init(&out, GW_MAX_RESPONSE_BYTES);
+        const char *why = NULL;
+        c->resp = body; /* call_whole_answer reads c->resp */
+        int rc = call_whole_answer(c, &out, &why);
+        body = c->resp;
+        buf_init(&c->resp, 0);
+        if (rc) {
+            buf_free(&out);
+            buf_free(&body);
+            c->overhead_ns += clock_mono_ns() - t0;
+            return (void)call_fail_inside(c, why);
+        }
+        if (c->translate) {
+            buf_free(&body);
+            body = out;
+            snprintf(ctype, sizeof ctype, "application/json");
+        } else {
+            buf_free(&out);
+        }
+    } else if (c->translate) {
+        chat_error e;
+        c->fup->error_decode(c->up_status, body.data ? body.data : "", body.len, &e);
+        log_info(c->req->request_id, "upstream %s: HTTP %d %s", c->prov->name, c->up_status,
+                 e.message);
+        buf out;
+        buf_init(&out, 64 * 1024);
+        int st = c->up_status;
+        if (c->fin->error_encode(&e, &out, &st) == 0) {
+            buf_free(&body);
+            body = out;
+            c->status = st;
+            snprintf(ctype, sizeof ctype, "application/json");
+        } else {
+            buf_free(&out);
+        }
+    }
+    c->bytes_out = body.len;
     c->t_first_ns = clock_mono_ns();
     c->overhead_ns += c->t_first_ns - t0;
     char hdr[1400];
     snprintf(hdr, sizeof(hdr), "x-tollgate-overhead-us: %" PRIu64 "\r\n%s", c->overhead_ns / 1000,
              c->up_headers);
     http_req *r = c->req;
-    buf body = c->resp; /* keep the bytes past call_end */
-    buf_init(&c->resp, 0);
-    char ctype[128];
-    snprintf(ctype, sizeof(ctype), "%s", c->up_ctype[0] ? c->up_ctype : "application/json");
-    int st = c->up_status;
+    int st = c->status;
     call_end(c);
     http_respond(r, st, ctype, hdr, body.data ? body.data : "", body.len);
     buf_free(&body);
@@ -635,31 +930,84 @@ static bool rate_admit(gateway *gw, const config_key *key, uint32_t *remaining, 
     return ok;
 }
 
-static int build_upstream_request(call *c, const slice *pmodel)
+/* The upstream body: the caller's bytes with the model spliced in
+ * (passthrough), or the decoded request encoded for the upstream. -EINVAL
+ * with *err set when the upstream's format cannot express the request. */
+static int build_upstream_body(call *c, const slice *pmodel, chat_error *err)
+{
+    if (c->translate) {
+        chat_target t = {.model = pmodel->p, .model_len = pmodel->len, .stream = c->info.stream};
+        return c->fup->req_encode(&c->creq, &t, &c->up_body, err);
+    }
+    if (c->fin->id == CHAT_FMT_OPENAI)
+        return openai_req_rewrite(c->req->body.p, c->req->body.len, &c->info, pmodel->p, pmodel->len,
+                                  c->info.stream, &c->up_body);
+    /* same format, not OpenAI: only the model changes */
+    jscan_val mv;
+    jscan_splice sp;
+    if (jscan_obj_get(c->req->body.p, c->req->body.len, "model", &mv) != 0)
+        return -EINVAL;
+    jscan_splice_init(&sp, c->req->body.p, c->req->body.len, &c->up_body);
+    int rc = jscan_splice_replace_str(&sp, &mv, pmodel->p, pmodel->len);
+    return rc ? rc : jscan_splice_finish(&sp);
+}
+
+static int build_upstream_request(call *c, const slice *pmodel, chat_error *err)
 {
     const config_provider *p = c->prov;
     buf_init(&c->up_body, GW_MAX_UPSTREAM_BODY);
     buf_init(&c->up_head, 64 * 1024);
-    int rc = openai_req_rewrite(c->req->body.p, c->req->body.len, &c->info, pmodel->p, pmodel->len,
-                                c->info.stream, &c->up_body);
+    int rc = build_upstream_body(c, pmodel, err);
     if (rc)
         return rc;
     if (p->type == CONFIG_PROVIDER_MOCK)
         return 0;
-    rc = buf_printf(&c->up_head,
-                    "POST %s/chat/completions HTTP/1.1\r\nHost: %s\r\n"
-                    "Content-Type: application/json\r\nContent-Length: %zu\r\n"
-                    "Accept: %s\r\nUser-Agent: tollgate/%s\r\nx-request-id: %s\r\n",
-                    p->url.path, p->url.authority, c->up_body.len,
-                    c->info.stream ? "text/event-stream" : "application/json", tg_version,
-                    c->req->request_id);
-    if (!rc && p->api_key)
-        rc = buf_printf(&c->up_head, "Authorization: Bearer %s\r\n", p->api_key);
+    chat_target t = {.model = pmodel->p, .model_len = pmodel->len, .stream = c->info.stream};
+    rc = buf_printf(&c->up_head, "POST %s", p->url.path);
+    if (!rc)
+        rc = c->fup->req_path(&t, &c->up_head);
+    if (!rc)
+        rc = buf_printf(&c->up_head,
+                        " HTTP/1.1\r\nHost: %s\r\n"
+                        "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+                        "Accept: %s\r\nUser-Agent: tollgate/%s\r\nx-request-id: %s\r\n",
+                        p->url.authority, c->up_body.len,
+                        c->info.stream ? "text/event-stream" : "application/json", tg_version,
+                        c->req->request_id);
+    if (!rc)
+        rc = c->fup->req_auth_headers(p->api_key, &c->up_head);
+    if (!rc && c->fin->id == CHAT_FMT_ANTHROPIC && c->fup->id == CHAT_FMT_ANTHROPIC) {
+        slice beta = http_req_header(c->req, "anthropic-beta");
+        if (beta.len && beta.len < 1024 && !memchr(beta.p, '\r', beta.len) && !memchr(beta.p, '\n', beta.len))
+            rc = buf_printf(&c->up_head, "anthropic-beta: %.*s\r\n", (int)beta.len, beta.p);
+    }
     for (size_t i = 0; !rc && i < p->nheaders; i++)
         rc = buf_printf(&c->up_head, "%s: %s\r\n", p->headers[i].name, p->headers[i].value);
     if (!rc)
         rc = buf_append(&c->up_head, "\r\n", 2);
     return rc;
+}
+
+/* Prompt tokens of a decoded request, counted the way OpenAI renders a
+ * chat request (the tokenizers are OpenAI's): the request is encoded in
+ * OpenAI's format, without what only other formats have (top_k,
+ * thinking), and counted like an OpenAI caller's body. */
+static uint64_t prompt_tokens_of(const tok_enc *enc, tok_work *w, const chat_request *r)
+{
+    chat_request tmp = *r;
+    tmp.unmapped[0] = '\0';
+    tmp.top_k = -1;
+    tmp.thinking_budget = -1;
+    tmp.stream = false;
+    buf b;
+    buf_init(&b, GW_MAX_UPSTREAM_BODY);
+    chat_error e;
+    chat_target t = {.model = "m", .model_len = 1, .stream = false};
+    uint64_t n = 0;
+    if (chat_format_openai.req_encode(&tmp, &t, &b, &e) == 0)
+        n = meter_prompt_openai(enc, w, b.data, b.len);
+    buf_free(&b);
+    return n;
 }
 
 static mock_state *gateway_mock_state(gateway *gw, const config *cfg, const config_provider *p)
@@ -676,7 +1024,51 @@ static mock_state *gateway_mock_state(gateway *gw, const config *cfg, const conf
     return &gw->mocks[idx];
 }
 
-static void handle_chat(gateway *gw, http_req *req)
+/* Reads the caller's request: OpenAI bodies with the zero-copy scan
+ * (decoded into *creq as well only when they must be translated, which
+ * the caller decides later), other formats with their decoder. Fills
+ * info's model and stream either way. 0, or -1 after answering 400. */
+static int read_request(http_req *req, const chat_format *fin, const config_key *key,
+                        openai_req_info *info, chat_request *creq)
+{
+    if (fin->id == CHAT_FMT_OPENAI) {
+        openai_err oe;
+        if (openai_req_scan(req->body.p, req->body.len, info, &oe) == 0)
+            return 0;
+        access_log_simple(req, oe.status, key->alias);
+        send_error(req, oe.status, oe.type, oe.code, oe.param, NULL, "%s", oe.message);
+        return -1;
+    }
+    chat_error e;
+    memset(info, 0, sizeof *info);
+    if (chat_request_init(creq) != 0) {
+        send_error_in(req, fin, 500, "api_error", NULL, NULL, NULL, "out of memory");
+        return -1;
+    }
+    if (fin->req_decode(req->body.p, req->body.len, creq, &e) != 0) {
+        access_log_simple(req, e.status, key->alias);
+        send_chat_error(req, fin, &e, NULL);
+        return -1;
+    }
+    if (!creq->model.len || creq->model.len >= sizeof info->model) {
+        access_log_simple(req, 400, key->alias);
+        send_error_in(req, fin, 400, "invalid_request_error", NULL, "model", NULL,
+                      creq->model.len ? "model: longer than %zu bytes" : "model: field required",
+                      sizeof info->model - 1);
+        return -1;
+    }
+    memcpy(info->model, creq->model.p, creq->model.len);
+    info->model[creq->model.len] = '\0';
+    info->model_len = creq->model.len;
+    info->stream = creq->stream;
+    info->include_usage = creq->include_usage;
+    info->n = 1;
+    return 0;
+}
+
+/* One chat request in the caller's format fin (OpenAI chat completions or
+ * Anthropic messages), to whatever format its model's provider speaks. */
+static void handle_llm(gateway *gw, http_req *req, const chat_format *fin)
 {
     uint64_t t0 = clock_mono_ns();
     const config *cfg = gw->cfg;
@@ -684,49 +1076,56 @@ static void handle_chat(gateway *gw, http_req *req)
     if (!key) {
         bool had = has_credentials(req);
         access_log_simple(req, 401, NULL);
-        send_error(req, 401, "invalid_request_error", "invalid_api_key", NULL, NULL,
-                   had ? "Incorrect API key provided."
-                       : "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.");
+        send_error_in(req, fin, 401, fin->id == CHAT_FMT_OPENAI ? "invalid_request_error" : "authentication_error",
+                      "invalid_api_key", NULL, NULL,
+                      had ? "Incorrect API key provided."
+                          : "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' "
+                            "or 'x-api-key: KEY'.");
         return;
     }
     /* admission first: nothing is allocated for a request that is refused */
     openai_req_info info;
-    openai_err oe;
-    if (openai_req_scan(req->body.p, req->body.len, &info, &oe) != 0) {
-        access_log_simple(req, oe.status, key->alias);
-        send_error(req, oe.status, oe.type, oe.code, oe.param, NULL, "%s", oe.message);
+    chat_request creq;
+    memset(&creq, 0, sizeof creq);
+    if (read_request(req, fin, key, &info, &creq) != 0) {
+        chat_request_free(&creq);
         return;
     }
     slice pmodel;
     const config_model *m = config_find_model(cfg, info.model, info.model_len, &pmodel);
     if (!m) {
+        chat_request_free(&creq);
         access_log_simple(req, 404, key->alias);
-        send_error(req, 404, "invalid_request_error", "model_not_found", "model", NULL,
-                   "The model '%s' does not exist or you do not have access to it.", info.model);
+        send_error_in(req, fin, 404, "invalid_request_error", "model_not_found", "model", NULL,
+                      "The model '%s' does not exist or you do not have access to it.", info.model);
         return;
     }
     if (!config_key_allows(key, info.model, info.model_len)) {
+        chat_request_free(&creq);
         access_log_simple(req, 403, key->alias);
-        send_error(req, 403, "permission_error", "model_not_allowed", "model", NULL,
-                   "This key is not allowed to use the model '%s'.", info.model);
+        send_error_in(req, fin, 403, "permission_error", "model_not_allowed", "model", NULL,
+                      "This key is not allowed to use the model '%s'.", info.model);
         return;
     }
     uint32_t remaining = 0;
     double reset_s = 0;
     if (!rate_admit(gw, key, &remaining, &reset_s)) {
+        chat_request_free(&creq);
         char hdr[256];
         snprintf(hdr, sizeof(hdr),
                  "x-ratelimit-limit-requests: %u\r\nx-ratelimit-remaining-requests: 0\r\n"
                  "x-ratelimit-reset-requests: %.3fs\r\nretry-after: %u\r\n",
                  key->rpm, reset_s, (unsigned)(reset_s + 0.999));
         access_log_simple(req, 429, key->alias);
-        send_error(req, 429, "rate_limit_error", "rate_limit_exceeded", NULL, hdr,
-                   "Rate limit reached for key '%s': %u requests per minute.", key->alias, key->rpm);
+        send_error_in(req, fin, 429, "rate_limit_error", "rate_limit_exceeded", NULL, hdr,
+                      "Rate limit reached for key '%s': %u requests per minute.", key->alias,
+                      key->rpm);
         return;
     }
     call *c = calloc(1, sizeof(*c));
     if (!c) {
-        send_error(req, 500, "server_error", NULL, NULL, NULL, "out of memory");
+        chat_request_free(&creq);
+        send_error_in(req, fin, 500, "server_error", NULL, NULL, NULL, "out of memory");
         return;
     }
     c->gw = gw;
@@ -734,6 +1133,7 @@ static void handle_chat(gateway *gw, http_req *req)
     c->cfg = config_ref(cfg);
     c->key = key;
     c->info = info;
+    c->creq = creq; /* moved: freed with the call */
     buf_init(&c->out, GW_MAX_EVENT_BYTES);
     buf_init(&c->resp, GW_MAX_RESPONSE_BYTES);
     buf_init(&c->up_head, 0);
@@ -741,17 +1141,38 @@ static void handle_chat(gateway *gw, http_req *req)
     gw->inflight++;
     c->prov = m->provider;
     c->model = m;
+    c->fin = fin;
+    c->fup = chat_format_get((chat_format_id)config_provider_format(c->prov));
+    c->translate = c->fin != c->fup;
+    c->decode = c->translate || fin->id != CHAT_FMT_OPENAI;
     size_t pl = pmodel.len < sizeof(c->provider_model) - 1 ? pmodel.len : sizeof(c->provider_model) - 1;
     memcpy(c->provider_model, pmodel.p, pl);
     c->provider_model[pl] = '\0';
     const tok_enc *enc = tok_set_pick(&gw->toks, c->provider_model, pl, &c->tok_exact);
     meter_init(&c->meter, enc, gw->work);
-    c->prompt_est = meter_prompt_openai(enc, gw->work, req->body.p, req->body.len);
-    if (build_upstream_request(c, &pmodel) != 0) {
+    chat_error ce;
+    memset(&ce, 0, sizeof ce);
+    if (c->translate && fin->id == CHAT_FMT_OPENAI) {
+        /* an OpenAI body for another format: decoded after all */
+        if (chat_request_init(&c->creq) != 0 ||
+            fin->req_decode(req->body.p, req->body.len, &c->creq, &ce) != 0) {
+            if (!ce.status)
+                chat_error_invalid(&ce, NULL, "could not read the request");
+            goto refuse;
+        }
+    }
+    c->prompt_est = fin->id == CHAT_FMT_OPENAI
+                        ? meter_prompt_openai(enc, gw->work, req->body.p, req->body.len)
+                        : prompt_tokens_of(enc, gw->work, &c->creq);
+    int brc = build_upstream_request(c, &pmodel, &ce);
+    if (brc == -EINVAL && ce.status)
+        goto refuse;
+    if (brc != 0) {
         access_log_simple(req, 500, key->alias);
         c->req = NULL;
         call_free(c);
-        send_error(req, 500, "server_error", NULL, NULL, NULL, "could not build the upstream request");
+        send_error_in(req, fin, 500, "server_error", NULL, NULL, NULL,
+                      "could not build the upstream request");
         return;
     }
     req->app = c;
@@ -762,7 +1183,8 @@ static void handle_chat(gateway *gw, http_req *req)
     int rc;
     if (c->prov->type == CONFIG_PROVIDER_MOCK) {
         rc = mock_call_start(gw->loop, &c->prov->mock, gateway_mock_state(gw, cfg, c->prov),
-                             c->up_body.data, c->up_body.len, &call_callbacks, c, &c->up);
+                             c->up_body.data, c->up_body.len, c->info.stream, &call_callbacks, c,
+                             &c->up);
     } else {
         const config_provider *p = c->prov;
         httpc_target t = {
@@ -791,10 +1213,21 @@ static void handle_chat(gateway *gw, http_req *req)
         c->error = "could not start the upstream call";
         c->status = 502;
         call_end(c);
-        send_error(req, 502, "upstream_error", "upstream_unavailable", NULL, NULL,
-                   "could not start the upstream call");
+        send_error_in(req, fin, 502, "upstream_error", "upstream_unavailable", NULL, NULL,
+                      "could not start the upstream call");
     }
+    return;
+
+refuse:
+    /* the upstream's format cannot carry this request: a 400 naming why */
+    access_log_simple(req, ce.status, key->alias);
+    c->req = NULL;
+    call_free(c);
+    send_chat_error(req, fin, &ce, NULL);
 }
+
+static void handle_chat(gateway *gw, http_req *req) { handle_llm(gw, req, &chat_format_openai); }
+static void handle_messages(gateway *gw, http_req *req) { handle_llm(gw, req, &chat_format_anthropic); }
 
 /* ------------------------------------------------------------ other routes */
 
@@ -859,6 +1292,8 @@ static void handle_ready(gateway *gw, http_req *req)
 static const route routes[] = {
     {"/v1/chat/completions", HTTP_POST, "POST", handle_chat},
     {"/chat/completions", HTTP_POST, "POST", handle_chat},
+    {"/v1/messages", HTTP_POST, "POST", handle_messages},
+    {"/messages", HTTP_POST, "POST", handle_messages},
     {"/v1/models", HTTP_GET, "GET", handle_models},
     {"/models", HTTP_GET, "GET", handle_models},
     {"/health", HTTP_GET, "GET", handle_health},

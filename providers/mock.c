@@ -40,6 +40,7 @@
 #include "daemon/base/buf.h"
 #include "daemon/base/clock.h"
 #include "daemon/base/log.h"
+#include "providers/chat.h"
 
 #define MOCK_MAX_TOKENS 65536u         /* hard cap on the answer length in words */
 #define MOCK_DEFAULT_TOKENS 16u        /* length when neither request nor options set one */
@@ -121,6 +122,11 @@ typedef struct mock_call {
     char clen[24];                /* content-length value (plain bodies) */
     upstream_header hdrs[2];      /* response headers for on_head */
     size_t nhdrs;                 /* headers in use */
+    const chat_format *fmt;       /* non-OpenAI format spoken (encoders), NULL = OpenAI */
+    chat_stream *enc;             /* fmt's stream encoder */
+    chat_request req;             /* fmt: the decoded request (the encoder echoes it) */
+    buf words;                    /* fmt: scratch for one chunk's words */
+    char id[40];                  /* fmt: the response id */
 } mock_call;
 
 /* --- the answer ---------------------------------------------------------- */
@@ -399,6 +405,137 @@ static int mock__append_end(mock_call *c)
     return buf_append(&c->out, DONE_EVENT, LIT_LEN(DONE_EVENT));
 }
 
+/* --- other wire formats ---------------------------------------------------
+ *
+ * For a provider with mock.format anthropic or gemini the same answer is
+ * spoken through that format's encoders (providers/chat.h): the request is
+ * decoded with its req_decode, the answer is a sequence of normalized
+ * events, and the bytes are what the format's stream or response encoder
+ * makes of them. The gateway then decodes them with the same format's
+ * decoder, so the demo and the benchmarks run the real translation code. */
+
+/* Hashes the messages of a decoded request like mock__read_messages. */
+static void mock__read_chat(const chat_request *r, uint64_t *seed, uint64_t *prompt)
+{
+    static const char *const roles[] = {"system", "user", "assistant", "tool"};
+    uint64_t h = 0xcbf29ce484222325ull, tokens = 3;
+    for (size_t i = 0; i < r->nmsgs; i++) {
+        const chat_msg *m = &r->msgs[i];
+        uint64_t bytes = 0;
+        const char *role = roles[m->role];
+        h = mock__fnv(h, role, strlen(role));
+        h = mock__fnv(h, "\x1f", 1);
+        for (size_t j = 0; j < m->nparts; j++) {
+            const chat_part *p = &m->parts[j];
+            if (p->type != CHAT_PART_TEXT && p->type != CHAT_PART_TOOL_RESULT)
+                continue;
+            bytes += p->text.len;
+            h = mock__fnv(h, p->text.p ? p->text.p : "", p->text.len);
+        }
+        h = mock__fnv(h, "\x1e", 1);
+        tokens += 4 + (bytes + 3) / 4;
+    }
+    *seed = h;
+    *prompt = tokens;
+}
+
+static chat_finish mock__finish_of(const mock_call *c)
+{
+    return strcmp(c->finish_reason, "length") == 0 ? CHAT_FINISH_LENGTH : CHAT_FINISH_STOP;
+}
+
+static void mock__usage(const mock_call *c, chat_usage *u)
+{
+    chat_usage_unset(u);
+    u->input = (int64_t)c->prompt_tokens;
+    u->output = c->n_words;
+    u->cache_read = 0;
+    u->cache_write = 0;
+}
+
+static chat_event mock__ev(chat_ev_type type)
+{
+    chat_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.type = type;
+    chat_usage_unset(&ev.usage);
+    return ev;
+}
+
+static int mock__fmt_start(mock_call *c)
+{
+    chat_event ev = mock__ev(CHAT_EV_START);
+    ev.id = slice_make(c->id, strlen(c->id));
+    ev.model = slice_make(c->req.model.p ? c->req.model.p : "", c->req.model.len);
+    mock__usage(c, &ev.usage);
+    ev.usage.output = 0;
+    return c->fmt->stream_enc_feed(c->enc, &ev, &c->out);
+}
+
+static int mock__fmt_content(mock_call *c)
+{
+    uint32_t from = c->chunks_sent * c->chunk_tokens;
+    uint32_t n = c->n_words - from < c->chunk_tokens ? c->n_words - from : c->chunk_tokens;
+    buf_reset(&c->words);
+    int rc = mock__append_words(&c->words, c->seed, from, n);
+    if (rc)
+        return rc;
+    chat_event ev = mock__ev(CHAT_EV_TEXT);
+    ev.text = slice_make(c->words.data, c->words.len);
+    c->chunks_sent++;
+    return c->fmt->stream_enc_feed(c->enc, &ev, &c->out);
+}
+
+static int mock__fmt_end(mock_call *c)
+{
+    chat_event ev = mock__ev(CHAT_EV_FINISH);
+    ev.finish = mock__finish_of(c);
+    int rc = c->fmt->stream_enc_feed(c->enc, &ev, &c->out);
+    if (rc)
+        return rc;
+    ev = mock__ev(CHAT_EV_USAGE);
+    mock__usage(c, &ev.usage);
+    if ((rc = c->fmt->stream_enc_feed(c->enc, &ev, &c->out)))
+        return rc;
+    ev = mock__ev(CHAT_EV_END);
+    return c->fmt->stream_enc_feed(c->enc, &ev, &c->out);
+}
+
+/* The whole answer in fmt's response shape into c->out. */
+static int mock__fmt_plain(mock_call *c)
+{
+    chat_response r;
+    chat_response_init(&r);
+    int rc = 0;
+    if (buf_append_str(&r.id, c->id) ||
+        buf_append(&r.model, c->req.model.p ? c->req.model.p : "", c->req.model.len) ||
+        mock__append_words(&r.text, c->seed, 0, c->n_words))
+        rc = -ENOMEM;
+    r.finish = mock__finish_of(c);
+    mock__usage(c, &r.usage);
+    r.have_usage = true;
+    r.ended = true;
+    buf_init(&c->out, (size_t)c->n_words * MOCK_WORD_MAX * 2 + c->req.model.len * 6 + 2 * MOCK_SLACK);
+    if (!rc)
+        rc = c->fmt->resp_encode(&c->req, &r, &c->out);
+    chat_response_free(&r);
+    return rc;
+}
+
+/* An error body in fmt's shape for the injected status into c->out. */
+static int mock__fmt_error(mock_call *c, int status)
+{
+    chat_error e;
+    memset(&e, 0, sizeof e);
+    e.status = status;
+    e.kind = chat_err_kind_of_status(status);
+    e.retry_after_ms = -1;
+    snprintf(e.message, sizeof e.message, "mock provider: injected failure (HTTP %d)", status);
+    buf_init(&c->out, 4 * MOCK_SLACK);
+    int ignored;
+    return c->fmt->error_encode(&e, &c->out, &ignored);
+}
+
 /* --- the pump -------------------------------------------------------------- */
 
 static void mock__on_close(uv_handle_t *h)
@@ -408,6 +545,10 @@ static void mock__on_close(uv_handle_t *h)
         return;
     buf_free(&c->pre);
     buf_free(&c->out);
+    buf_free(&c->words);
+    if (c->fmt)
+        c->fmt->stream_free(c->enc);
+    chat_request_free(&c->req);
     free(c);
 }
 
@@ -501,14 +642,14 @@ static void mock__pump_stream(mock_call *c)
     buf_reset(&c->out);
     if (!c->role_sent) {
         c->role_sent = true;
-        rc = mock__append_choice_chunk(c, ROLE_DELTA, LIT_LEN(ROLE_DELTA));
+        rc = c->fmt ? mock__fmt_start(c) : mock__append_choice_chunk(c, ROLE_DELTA, LIT_LEN(ROLE_DELTA));
     }
     while (!rc && c->chunks_sent < limit && c->chunks_sent < allowed && c->out.len < MOCK_BATCH)
-        rc = mock__append_content_chunk(c);
+        rc = c->fmt ? mock__fmt_content(c) : mock__append_content_chunk(c);
     cut = c->cut_after && c->chunks_sent == c->cut_after;
     finished = !cut && c->chunks_sent == c->total_chunks;
     if (!rc && finished)
-        rc = mock__append_end(c);
+        rc = c->fmt ? mock__fmt_end(c) : mock__append_end(c);
     if (rc) {
         /* Cannot happen with the caps above short of ENOMEM. */
         log_error("mock", "stream buffer: %s", strerror(-rc));
@@ -602,50 +743,87 @@ static const upstream_ops mock_ops = {
 
 /* --- start ----------------------------------------------------------------- */
 
-int mock_call_start(uv_loop_t *loop, const mock_options *opt, mock_state *st, const char *body,
-                    size_t len, const upstream_callbacks *cb, void *ud, upstream_call **out)
+/* Reads what the answer depends on from an OpenAI request body into c;
+ * *jreq keeps the parsed body (the model points into it) for the caller
+ * to release. */
+static int mock__read_openai(mock_call *c, const char *body, size_t len, json_t **jreq,
+                             const char **model, size_t *model_len, uint64_t *max)
 {
     json_error_t jerr;
-    json_t *req;
-    mock_call *c;
-    const char *model = "mock";
-    size_t model_len = 4;
-    uint64_t max, calls;
-    int rc;
-
     /* Any valid JSON object must load: strings may hold \u0000 and
      * integers may exceed long long. */
-    req = json_loadb(body, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr);
-    if (!json_is_object(req)) {
-        rc = -EINVAL;
-        goto out_req;
-    }
-    c = calloc(1, sizeof(*c));
-    if (!c) {
-        rc = -ENOMEM;
-        goto out_req;
-    }
-    c->base.ops = &mock_ops;
-    c->cb = cb;
-    c->ud = ud;
-    c->phase = MOCK_WAIT_HEAD;
-    buf_init(&c->pre, 0);
-    buf_init(&c->out, 0);
-
+    json_t *req = json_loadb(body, len, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &jerr);
+    *jreq = req;
+    if (!json_is_object(req))
+        return -EINVAL;
     const json_t *jm = json_object_get(req, "model");
     if (json_is_string(jm)) {
-        model = json_string_value(jm);
-        model_len = json_string_length(jm);
+        *model = json_string_value(jm);
+        *model_len = json_string_length(jm);
     }
     c->stream = json_is_true(json_object_get(req, "stream"));
     c->include_usage =
         c->stream &&
         json_is_true(json_object_get(json_object_get(req, "stream_options"), "include_usage"));
     mock__read_messages(json_object_get(req, "messages"), &c->seed, &c->prompt_tokens);
+    *max = mock__uint_field(req, "max_completion_tokens");
+    if (!*max)
+        *max = mock__uint_field(req, "max_tokens");
+    return 0;
+}
 
-    max = mock__uint_field(req, "max_completion_tokens");
-    if (!max)
-        max = mock__uint_field(req, "max_tokens");
+/* Reads the same from a request in another format, with its decoder. */
+static int mock__read_format(mock_call *c, int stream, const char *body, size_t len, uint64_t *max)
+{
+    chat_error err;
+    int rc = c->fmt->req_decode(body, len, &c->req, &err);
+    if (rc)
+        return rc;
+    c->stream = stream >= 0 ? stream != 0 : c->req.stream;
+    mock__read_chat(&c->req, &c->seed, &c->prompt_tokens);
+    *max = c->req.max_tokens > 0 ? (uint64_t)c->req.max_tokens : 0;
+    snprintf(c->id, sizeof c->id, "mock%016" PRIx64, c->seed);
+    return 0;
+}
+
+int mock_call_start(uv_loop_t *loop, const mock_options *opt, mock_state *st, const char *body,
+                    size_t len, int stream, const upstream_callbacks *cb, void *ud,
+                    upstream_call **out)
+{
+    mock_call *c;
+    const char *model = "mock";
+    size_t model_len = 4;
+    uint64_t max = 0, calls;
+    json_t *jreq = NULL;
+    int rc;
+
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->base.ops = &mock_ops;
+    c->cb = cb;
+    c->ud = ud;
+    c->phase = MOCK_WAIT_HEAD;
+    buf_init(&c->pre, 0);
+    buf_init(&c->out, 0);
+    buf_init(&c->words, (size_t)MOCK_MAX_TOKENS * MOCK_WORD_MAX);
+    if (opt->format != CHAT_FMT_OPENAI) {
+        c->fmt = chat_format_get((chat_format_id)opt->format);
+        if (!c->fmt) {
+            rc = -EINVAL;
+            goto out_free;
+        }
+        if ((rc = chat_request_init(&c->req)))
+            goto out_free;
+        rc = mock__read_format(c, stream, body, len, &max);
+    } else {
+        rc = mock__read_openai(c, body, len, &jreq, &model, &model_len, &max);
+        if (!rc && stream >= 0)
+            c->stream = stream != 0;
+    }
+    if (rc)
+        goto out_free;
+
     if (max) {
         c->n_words = max > MOCK_MAX_TOKENS ? MOCK_MAX_TOKENS : (uint32_t)max;
         c->finish_reason = c->n_words == max ? "length" : "stop";
@@ -671,7 +849,14 @@ int mock_call_start(uv_loop_t *loop, const mock_options *opt, mock_state *st, co
         log_debug("mock", "injecting HTTP %d on call %" PRIu64, opt->fail_status, calls);
         c->status = opt->fail_status;
         c->stream = false;
-        rc = mock__build_error(c, opt->fail_status);
+        rc = c->fmt ? mock__fmt_error(c, opt->fail_status) : mock__build_error(c, opt->fail_status);
+    } else if (c->fmt && c->stream) {
+        c->enc = c->fmt->stream_enc_new(&c->req);
+        buf_init(&c->out, MOCK_BATCH + (size_t)c->chunk_tokens * MOCK_WORD_MAX * 8 +
+                              c->req.model.len * 12 + 8 * MOCK_SLACK);
+        rc = c->enc ? 0 : -ENOMEM;
+    } else if (c->fmt) {
+        rc = mock__fmt_plain(c);
     } else if (c->stream) {
         rc = mock__start_stream(c, model, model_len, clock_wall_s());
     } else {
@@ -700,14 +885,17 @@ int mock_call_start(uv_loop_t *loop, const mock_options *opt, mock_state *st, co
     else
         mock__soon(c);
     *out = &c->base;
-    rc = 0;
-    goto out_req;
+    json_decref(jreq);
+    return 0;
 
 out_free:
+    json_decref(jreq);
     buf_free(&c->pre);
     buf_free(&c->out);
+    buf_free(&c->words);
+    if (c->fmt && c->enc)
+        c->fmt->stream_free(c->enc);
+    chat_request_free(&c->req);
     free(c);
-out_req:
-    json_decref(req);
     return rc;
 }

@@ -12,6 +12,7 @@
 #include "crypto/crypto.h"
 #include "daemon/base/log.h"
 #include "daemon/config.h"
+#include "providers/chat.h"
 
 /* ------------------------------------------------------- fake environment */
 
@@ -453,8 +454,11 @@ static void test_errors_providers(void **state)
                  "providers[0].name: must not be "
                  "empty",
                  NULL, NULL);
-    expect_error("providers:\n  - {name: a, type: anthropic}\n",
-                 "t.yaml:2: providers[0].type: must be one of openai, fireworks", "anthropic",
+    expect_error("providers:\n  - {name: a, type: claude}\n",
+                 "t.yaml:2: providers[0].type: must be one of openai, fireworks", "claude",
+                 NULL);
+    expect_error("providers:\n  - {name: a, type: mock, mock: {format: cohere}}\n",
+                 "providers[0].mock.format: must be one of openai, anthropic, gemini", "cohere",
                  NULL);
     expect_error("providers:\n  - name: a\n    type: openai_compatible\n",
                  "t.yaml:2: providers[0].base_url: required for type openai_compatible", NULL,
@@ -970,10 +974,18 @@ static void test_default_config(void **state)
     assert_int_equal(config_default(fake_getenv, &cfg, key1, sizeof(key1), err, sizeof(err)), 0);
     assert_string_equal(cfg->origin, "<default>");
     assert_string_equal(cfg->listen.text, "127.0.0.1:8080");
-    assert_int_equal(cfg->nproviders, 1);
+    /* the mock in each wire format */
+    assert_int_equal(cfg->nproviders, 3);
     assert_string_equal(cfg->providers[0].name, "mock");
     assert_int_equal(cfg->providers[0].type, CONFIG_PROVIDER_MOCK);
-    assert_int_equal(cfg->nmodels, 2);
+    assert_int_equal(config_provider_format(&cfg->providers[0]), CHAT_FMT_OPENAI);
+    assert_int_equal(config_provider_format(&cfg->providers[1]), CHAT_FMT_ANTHROPIC);
+    assert_int_equal(config_provider_format(&cfg->providers[2]), CHAT_FMT_GEMINI);
+    assert_int_equal(cfg->nmodels, 4);
+    assert_string_equal(config_find_model(cfg, "mock-claude", 11, &pm)->provider->name,
+                        "mock-anthropic");
+    assert_string_equal(config_find_model(cfg, "mock-gemini", 11, &pm)->provider->name,
+                        "mock-gemini");
     assert_ptr_equal(config_find_model(cfg, "mock-1", 6, &pm)->provider, &cfg->providers[0]);
     assert_ptr_equal(config_find_model(cfg, "gpt-4o-mini", 11, &pm)->provider, &cfg->providers[0]);
     assert_null(config_find_model(cfg, "gpt-4o", 6, &pm));
@@ -1005,6 +1017,10 @@ static void test_default_config(void **state)
         "or-1",
         "TOGETHER_API_KEY",
         "tg-1",
+        "ANTHROPIC_API_KEY",
+        "sk-ant",
+        "GEMINI_API_KEY",
+        "gm-1",
         "TOLLGATE_LISTEN",
         "0.0.0.0:9000",
         "TOLLGATE_DEMO_KEY",
@@ -1016,7 +1032,17 @@ static void test_default_config(void **state)
     assert_int_equal(config_default(fake_getenv, &cfg, key1, sizeof(key1), err, sizeof(err)), 0);
     assert_string_equal(cfg->listen.host, "0.0.0.0");
     assert_int_equal(cfg->listen.port, 9000);
-    assert_int_equal(cfg->nproviders, 5);
+    assert_int_equal(cfg->nproviders, 9);
+    const config_provider *an = config_find_provider(cfg, "anthropic");
+    assert_int_equal(an->type, CONFIG_PROVIDER_ANTHROPIC);
+    assert_string_equal(an->api_key, "sk-ant");
+    assert_string_equal(an->base_url, "https://api.anthropic.com/v1");
+    assert_int_equal(config_provider_format(an), CHAT_FMT_ANTHROPIC);
+    assert_ptr_equal(config_find_model(cfg, "claude-sonnet-4-5", 17, &pm)->provider, an);
+    const config_provider *gm = config_find_provider(cfg, "gemini");
+    assert_string_equal(gm->base_url, "https://generativelanguage.googleapis.com/v1beta");
+    assert_int_equal(config_provider_format(gm), CHAT_FMT_GEMINI);
+    assert_ptr_equal(config_find_model(cfg, "gemini-2.5-flash", 16, &pm)->provider, gm);
     const config_provider *oa = config_find_provider(cfg, "openai");
     assert_non_null(oa);
     assert_string_equal(oa->api_key, "sk-oa");
@@ -1046,7 +1072,7 @@ static void test_default_config(void **state)
     fake_env = env_one;
     cfg = NULL;
     assert_int_equal(config_default(fake_getenv, &cfg, key1, sizeof(key1), err, sizeof(err)), 0);
-    assert_int_equal(cfg->nproviders, 2);
+    assert_int_equal(cfg->nproviders, 4); /* three mocks + openrouter */
     assert_null(config_find_provider(cfg, "openai"));
     assert_string_equal(config_find_model(cfg, "gpt-4o-mini", 11, &pm)->provider->name, "mock");
     assert_string_equal(config_find_model(cfg, "openrouter/x", 12, &pm)->provider->name,

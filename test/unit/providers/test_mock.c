@@ -130,7 +130,7 @@ static const upstream_callbacks cbs = {on_head, on_body, on_done};
 /* Starts a call; no callback may have run yet. */
 static void start(uv_loop_t *loop, const mock_options *o, mock_state *st, const char *body, rec *r)
 {
-    assert_int_equal(mock_call_start(loop, o, st, body, strlen(body), &cbs, r, &r->call), 0);
+    assert_int_equal(mock_call_start(loop, o, st, body, strlen(body), -1, &cbs, r, &r->call), 0);
     assert_non_null(r->call);
     assert_int_equal(r->heads + r->bodies + r->dones, 0);
 }
@@ -1062,7 +1062,7 @@ static void test_not_an_object(void **state)
         assert_int_equal(uv_loop_init(&loop), 0);
         rec_init(&r, &loop);
         upstream_call *call = NULL;
-        assert_int_equal(mock_call_start(&loop, &o, &st, bad[i], strlen(bad[i]), &cbs, &r, &call),
+        assert_int_equal(mock_call_start(&loop, &o, &st, bad[i], strlen(bad[i]), -1, &cbs, &r, &call),
                          -EINVAL);
         assert_null(call);
         assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
