@@ -99,6 +99,8 @@ typedef struct call {
     meter meter;                   /* the output's tokens as relayed */
     uint64_t prompt_est;           /* prompt tokens counted at admission */
     bool tok_exact;                /* the tokenizer is the model's own */
+    const char *endpoint;          /* upstream path of an OpenAI-format call: "/chat/completions",
+                                      "/completions", "/embeddings" */
     const chat_format *fin;        /* the caller's wire format */
     const chat_format *fup;        /* the upstream's wire format */
     bool translate;                /* fin != fup: requests and answers are re-encoded */
@@ -964,7 +966,9 @@ static int build_upstream_request(call *c, const slice *pmodel, chat_error *err)
         return 0;
     chat_target t = {.model = pmodel->p, .model_len = pmodel->len, .stream = c->info.stream};
     rc = buf_printf(&c->up_head, "POST %s", p->url.path);
-    if (!rc)
+    if (!rc && c->fup->id == CHAT_FMT_OPENAI)
+        rc = buf_append_str(&c->up_head, c->endpoint);
+    else if (!rc)
         rc = c->fup->req_path(&t, &c->up_head);
     if (!rc)
         rc = buf_printf(&c->up_head,
@@ -986,6 +990,42 @@ static int build_upstream_request(call *c, const slice *pmodel, chat_error *err)
     if (!rc)
         rc = buf_append(&c->up_head, "\r\n", 2);
     return rc;
+}
+
+/* Tokens of an embeddings "input" or completions "prompt": a string, an
+ * array of strings, or token ids (counted as given). */
+static uint64_t prompt_tokens_of_input(const tok_enc *enc, tok_work *w, const jscan_val *root)
+{
+    jscan_val v, item;
+    if (jscan_val_get(root, "input", &v) != 0 && jscan_val_get(root, "prompt", &v) != 0)
+        return 0;
+    meter m;
+    char hold[METER_HOLD_MAX];
+    meter_init_buf(&m, enc, w, hold);
+    uint64_t ids = 0;
+    jscan_iter it, it2;
+    if (v.type == JSCAN_STRING) {
+        if (jscan_str_each(&v, meter_feed_cb, &m) != 0)
+            meter_feed(&m, v.p, v.n);
+    } else if (v.type == JSCAN_ARRAY && jscan_iter_init(&it, &v) == 0) {
+        while (jscan_arr_next(&it, &item) == 0) {
+            if (item.type == JSCAN_STRING) {
+                if (jscan_str_each(&item, meter_feed_cb, &m) != 0)
+                    meter_feed(&m, item.p, item.n);
+                meter_break(&m);
+            } else if (item.type == JSCAN_NUMBER) {
+                ids++;
+            } else if (item.type == JSCAN_ARRAY && jscan_iter_init(&it2, &item) == 0) {
+                jscan_val x;
+                while (jscan_arr_next(&it2, &x) == 0)
+                    ids++;
+            }
+        }
+    }
+    meter_break(&m);
+    uint64_t n = meter_count(&m) + ids;
+    meter_free(&m);
+    return n;
 }
 
 /* Prompt tokens of a decoded request, counted the way OpenAI renders a
@@ -1028,9 +1068,73 @@ static mock_state *gateway_mock_state(gateway *gw, const config *cfg, const conf
  * (decoded into *creq as well only when they must be translated, which
  * the caller decides later), other formats with their decoder. Fills
  * info's model and stream either way. 0, or -1 after answering 400. */
-static int read_request(http_req *req, const chat_format *fin, const config_key *key,
-                        openai_req_info *info, chat_request *creq)
+/* Scans an OpenAI embeddings or (legacy) completions body: a JSON object
+ * with a string model; stream and stream_options for completions. */
+static int scan_openai_other(const char *body, size_t n, const char *endpoint,
+                             openai_req_info *info, openai_err *oe)
 {
+    jscan_error je;
+    memset(info, 0, sizeof *info);
+    memset(oe, 0, sizeof *oe);
+    oe->status = 400;
+    oe->type = "invalid_request_error";
+    info->n = 1;
+    info->max_tokens = info->max_completion_tokens = -1;
+    if (jscan_parse(body, n, OPENAI_REQ_MAX_DEPTH, &info->root, &je) != 0 ||
+        info->root.type != JSCAN_OBJECT) {
+        snprintf(oe->message, sizeof oe->message,
+                 "We could not parse the JSON body of your request: expected a JSON object.");
+        return -EINVAL;
+    }
+    size_t ml = 0;
+    if (jscan_val_get(&info->root, "model", &info->model_val) != 0 ||
+        info->model_val.type != JSCAN_STRING ||
+        jscan_str_decode(&info->model_val, info->model, sizeof info->model - 1, &ml) != 0 || !ml) {
+        oe->param = "model";
+        snprintf(oe->message, sizeof oe->message, "model: a non-empty string of at most %d bytes is required.",
+                 OPENAI_MODEL_MAX - 1);
+        return -EINVAL;
+    }
+    info->model[ml] = '\0';
+    info->model_len = ml;
+    jscan_val v;
+    const char *need = strcmp(endpoint, "/embeddings") == 0 ? "input" : "prompt";
+    if (jscan_val_get(&info->root, need, &v) != 0) {
+        oe->param = need;
+        snprintf(oe->message, sizeof oe->message, "'%s' is a required property.", need);
+        return -EINVAL;
+    }
+    if (strcmp(endpoint, "/completions") == 0) {
+        if (jscan_val_get(&info->root, "stream", &v) == 0 && v.type == JSCAN_TRUE)
+            info->stream = true;
+        jscan_val *so = &info->stream_options_val;
+        if (jscan_val_get(&info->root, "stream_options", so) != 0)
+            memset(so, 0, sizeof *so);
+        if (so->type != JSCAN_NONE && so->type != JSCAN_NULL && so->type != JSCAN_OBJECT) {
+            oe->param = "stream_options";
+            snprintf(oe->message, sizeof oe->message, "stream_options: expected an object.");
+            return -EINVAL;
+        }
+        if (so->type == JSCAN_OBJECT &&
+            jscan_val_get(so, "include_usage", &info->include_usage_val) == 0)
+            info->include_usage = info->include_usage_val.type == JSCAN_TRUE;
+        else
+            memset(&info->include_usage_val, 0, sizeof info->include_usage_val);
+    }
+    return 0;
+}
+
+static int read_request(http_req *req, const chat_format *fin, const char *endpoint,
+                        const config_key *key, openai_req_info *info, chat_request *creq)
+{
+    if (fin->id == CHAT_FMT_OPENAI && strcmp(endpoint, "/chat/completions") != 0) {
+        openai_err oe;
+        if (scan_openai_other(req->body.p, req->body.len, endpoint, info, &oe) == 0)
+            return 0;
+        access_log_simple(req, oe.status, key->alias);
+        send_error(req, oe.status, oe.type, oe.code, oe.param, NULL, "%s", oe.message);
+        return -1;
+    }
     if (fin->id == CHAT_FMT_OPENAI) {
         openai_err oe;
         if (openai_req_scan(req->body.p, req->body.len, info, &oe) == 0)
@@ -1068,7 +1172,7 @@ static int read_request(http_req *req, const chat_format *fin, const config_key 
 
 /* One chat request in the caller's format fin (OpenAI chat completions or
  * Anthropic messages), to whatever format its model's provider speaks. */
-static void handle_llm(gateway *gw, http_req *req, const chat_format *fin)
+static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const char *endpoint)
 {
     uint64_t t0 = clock_mono_ns();
     const config *cfg = gw->cfg;
@@ -1087,7 +1191,7 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin)
     openai_req_info info;
     chat_request creq;
     memset(&creq, 0, sizeof creq);
-    if (read_request(req, fin, key, &info, &creq) != 0) {
+    if (read_request(req, fin, endpoint, key, &info, &creq) != 0) {
         chat_request_free(&creq);
         return;
     }
@@ -1105,6 +1209,17 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin)
         access_log_simple(req, 403, key->alias);
         send_error_in(req, fin, 403, "permission_error", "model_not_allowed", "model", NULL,
                       "This key is not allowed to use the model '%s'.", info.model);
+        return;
+    }
+    bool chat = strcmp(endpoint, "/chat/completions") == 0;
+    if (!chat && (config_provider_format(m->provider) != CHAT_FMT_OPENAI ||
+                  m->provider->type == CONFIG_PROVIDER_MOCK)) {
+        access_log_simple(req, 400, key->alias);
+        send_error(req, 400, "invalid_request_error", "unsupported_endpoint", "model", NULL,
+                   "The model '%s' is served by provider '%s' (%s), which has no %s endpoint; "
+                   "this endpoint needs an OpenAI-compatible provider.",
+                   info.model, m->provider->name, config_provider_type_name(m->provider->type),
+                   endpoint);
         return;
     }
     uint32_t remaining = 0;
@@ -1142,6 +1257,7 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin)
     c->prov = m->provider;
     c->model = m;
     c->fin = fin;
+    c->endpoint = endpoint;
     c->fup = chat_format_get((chat_format_id)config_provider_format(c->prov));
     c->translate = c->fin != c->fup;
     c->decode = c->translate || fin->id != CHAT_FMT_OPENAI;
@@ -1161,7 +1277,8 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin)
             goto refuse;
         }
     }
-    c->prompt_est = fin->id == CHAT_FMT_OPENAI
+    c->prompt_est = !chat ? prompt_tokens_of_input(enc, gw->work, &info.root)
+                    : fin->id == CHAT_FMT_OPENAI
                         ? meter_prompt_openai(enc, gw->work, req->body.p, req->body.len)
                         : prompt_tokens_of(enc, gw->work, &c->creq);
     int brc = build_upstream_request(c, &pmodel, &ce);
@@ -1226,8 +1343,90 @@ refuse:
     send_chat_error(req, fin, &ce, NULL);
 }
 
-static void handle_chat(gateway *gw, http_req *req) { handle_llm(gw, req, &chat_format_openai); }
-static void handle_messages(gateway *gw, http_req *req) { handle_llm(gw, req, &chat_format_anthropic); }
+/* POST /v1/messages/count_tokens: an Anthropic request's prompt tokens,
+ * counted by the meter's tokenizer (OpenAI's encodings: for Claude models
+ * an estimate, flagged in the x-tollgate-tokenizer header). */
+static void handle_count_tokens(gateway *gw, http_req *req)
+{
+    const chat_format *fin = &chat_format_anthropic;
+    const config *cfg = gw->cfg;
+    const config_key *key = authenticate(cfg, req);
+    if (!key) {
+        access_log_simple(req, 401, NULL);
+        send_error_in(req, fin, 401, "authentication_error", "invalid_api_key", NULL, NULL,
+                      has_credentials(req) ? "Incorrect API key provided."
+                                           : "You didn't provide an API key.");
+        return;
+    }
+    /* count_tokens takes no max_tokens; the Messages decoder wants one */
+    buf body;
+    buf_init(&body, (size_t)req->body.len + 32);
+    jscan_val root, mt;
+    int rc = 0;
+    if (jscan_root(req->body.p, req->body.len, &root) == 0 && root.type == JSCAN_OBJECT &&
+        jscan_val_get(&root, "max_tokens", &mt) != 0 && root.n >= 2) {
+        size_t at = (size_t)(root.p - req->body.p) + 1;
+        rc = buf_append(&body, req->body.p, at);
+        if (!rc)
+            rc = buf_append_str(&body, jscan_is_empty(&root) ? "\"max_tokens\":1" : "\"max_tokens\":1,");
+        if (!rc)
+            rc = buf_append(&body, req->body.p + at, req->body.len - at);
+    } else {
+        rc = buf_append(&body, req->body.p, req->body.len);
+    }
+    chat_request r;
+    chat_error e;
+    if (rc || chat_request_init(&r) != 0) {
+        buf_free(&body);
+        send_error_in(req, fin, 500, "api_error", NULL, NULL, NULL, "out of memory");
+        return;
+    }
+    if (fin->req_decode(body.data, body.len, &r, &e) != 0) {
+        access_log_simple(req, e.status, key->alias);
+        send_chat_error(req, fin, &e, NULL);
+        goto out;
+    }
+    slice pmodel;
+    const config_model *m = r.model.len ? config_find_model(cfg, r.model.p, r.model.len, &pmodel) : NULL;
+    if (!m || !config_key_allows(key, r.model.p, r.model.len)) {
+        access_log_simple(req, 404, key->alias);
+        send_error_in(req, fin, 404, "not_found_error", "model_not_found", "model", NULL,
+                      "model: %.*s", (int)(r.model.len > 200 ? 200 : r.model.len),
+                      r.model.p ? r.model.p : "");
+        goto out;
+    }
+    char pm[256];
+    snprintf(pm, sizeof pm, "%.*s", (int)pmodel.len, pmodel.p);
+    bool exact = false;
+    const tok_enc *enc = tok_set_pick(&gw->toks, pm, strlen(pm), &exact);
+    uint64_t n = prompt_tokens_of(enc, gw->work, &r);
+    char out[64], hdr[160];
+    int k = snprintf(out, sizeof out, "{\"input_tokens\":%" PRIu64 "}", n);
+    snprintf(hdr, sizeof hdr, "x-tollgate-tokenizer: %s\r\nx-tollgate-tokenizer-exact: %s\r\n",
+             enc ? tok_name(enc) : "bytes/4", exact && enc ? "true" : "false");
+    access_log_simple(req, 200, key->alias);
+    http_respond(req, 200, "application/json", hdr, out, (size_t)k);
+out:
+    chat_request_free(&r);
+    buf_free(&body);
+}
+
+static void handle_chat(gateway *gw, http_req *req)
+{
+    handle_llm(gw, req, &chat_format_openai, "/chat/completions");
+}
+static void handle_completions(gateway *gw, http_req *req)
+{
+    handle_llm(gw, req, &chat_format_openai, "/completions");
+}
+static void handle_embeddings(gateway *gw, http_req *req)
+{
+    handle_llm(gw, req, &chat_format_openai, "/embeddings");
+}
+static void handle_messages(gateway *gw, http_req *req)
+{
+    handle_llm(gw, req, &chat_format_anthropic, "/messages");
+}
 
 /* ------------------------------------------------------------ other routes */
 
@@ -1242,24 +1441,48 @@ static void handle_models(gateway *gw, http_req *req)
                                         : "You didn't provide an API key.");
         return;
     }
+    /* the Anthropic SDK (it sends anthropic-version) gets Anthropic's shape */
+    bool anth = http_req_header(req, "anthropic-version").len > 0;
     buf b;
     buf_init(&b, 4u * 1024 * 1024);
-    int rc = buf_append_str(&b, "{\"object\":\"list\",\"data\":[");
+    int rc = buf_append_str(&b, anth ? "{\"data\":[" : "{\"object\":\"list\",\"data\":[");
     bool first = true;
+    const config_model *first_m = NULL, *last_m = NULL;
     for (size_t i = 0; !rc && i < cfg->nmodels; i++) {
         const config_model *m = &cfg->models[i];
         if (!config_key_allows(key, m->name, strlen(m->name)))
             continue;
-        rc = buf_printf(&b, "%s{\"id\":\"", first ? "" : ",");
+        rc = buf_printf(&b, anth ? "%s{\"type\":\"model\",\"id\":" : "%s{\"id\":", first ? "" : ",");
         if (!rc)
-            rc = buf_append_json_escaped(&b, m->name, strlen(m->name));
-        if (!rc)
-            rc = buf_printf(&b, "\",\"object\":\"model\",\"created\":0,\"owned_by\":\"%s\"}",
+            rc = chat_json_str(&b, m->name, strlen(m->name));
+        if (!rc && anth) {
+            rc = buf_append_str(&b, ",\"display_name\":");
+            if (!rc)
+                rc = chat_json_str(&b, m->name, strlen(m->name));
+            if (!rc)
+                rc = buf_append_str(&b, ",\"created_at\":\"1970-01-01T00:00:00Z\"}");
+        } else if (!rc) {
+            rc = buf_printf(&b, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"%s\"}",
                             m->provider->name);
+        }
+        if (!first_m)
+            first_m = m;
+        last_m = m;
         first = false;
     }
     if (!rc)
-        rc = buf_append_str(&b, "]}");
+        rc = buf_append_str(&b, "]");
+    if (!rc && anth) {
+        rc = buf_append_str(&b, ",\"has_more\":false,\"first_id\":");
+        if (!rc)
+            rc = first_m ? chat_json_str(&b, first_m->name, strlen(first_m->name)) : buf_append_str(&b, "null");
+        if (!rc)
+            rc = buf_append_str(&b, ",\"last_id\":");
+        if (!rc)
+            rc = last_m ? chat_json_str(&b, last_m->name, strlen(last_m->name)) : buf_append_str(&b, "null");
+    }
+    if (!rc)
+        rc = buf_append_str(&b, "}");
     access_log_simple(req, rc ? 500 : 200, key->alias);
     if (rc)
         send_error(req, 500, "server_error", NULL, NULL, NULL, "model list too large");
@@ -1292,7 +1515,12 @@ static void handle_ready(gateway *gw, http_req *req)
 static const route routes[] = {
     {"/v1/chat/completions", HTTP_POST, "POST", handle_chat},
     {"/chat/completions", HTTP_POST, "POST", handle_chat},
+    {"/v1/completions", HTTP_POST, "POST", handle_completions},
+    {"/completions", HTTP_POST, "POST", handle_completions},
+    {"/v1/embeddings", HTTP_POST, "POST", handle_embeddings},
+    {"/embeddings", HTTP_POST, "POST", handle_embeddings},
     {"/v1/messages", HTTP_POST, "POST", handle_messages},
+    {"/v1/messages/count_tokens", HTTP_POST, "POST", handle_count_tokens},
     {"/messages", HTTP_POST, "POST", handle_messages},
     {"/v1/models", HTTP_GET, "GET", handle_models},
     {"/models", HTTP_GET, "GET", handle_models},
