@@ -1211,7 +1211,7 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
                       "This key is not allowed to use the model '%s'.", info.model);
         return;
     }
-    bool chat = strcmp(endpoint, "/chat/completions") == 0;
+    bool chat = strcmp(endpoint, "/completions") != 0 && strcmp(endpoint, "/embeddings") != 0;
     if (!chat && (config_provider_format(m->provider) != CHAT_FMT_OPENAI ||
                   m->provider->type == CONFIG_PROVIDER_MOCK)) {
         access_log_simple(req, 400, key->alias);

@@ -427,7 +427,7 @@ static chat_str anth_call_name(const chat_request *r, size_t upto, chat_str id)
 /* A tool_result block of messages[i].content[j] into the TOOL message ti. */
 static int anth_dec_tool_result(anth_dec *d, size_t ti, size_t i, size_t j, const json_t *blk)
 {
-    char where[48];
+    char where[64];
     snprintf(where, sizeof where, "messages[%zu].content[%zu]", i, j);
     json_t *idv = anth_get(blk, "tool_use_id");
     if (!json_is_string(idv))
@@ -527,7 +527,7 @@ static int anth_dec_image(anth_dec *d, size_t mi, const char *where, const json_
 static int anth_dec_block(anth_dec *d, size_t mi, size_t i, size_t j, const json_t *blk,
                           bool assistant)
 {
-    char where[48];
+    char where[64];
     snprintf(where, sizeof where, "messages[%zu].content[%zu]", i, j);
     json_t *type = json_object_get(blk, "type");
     chat_msg *m = &d->r->msgs[mi];

@@ -140,7 +140,8 @@ static void gem_safe_name(const char *key, char *out, size_t cap)
 /* Fills err for a member of the wrong type; returns -EINVAL. */
 static int gem_bad(chat_error *err, const char *path, const char *what)
 {
-    chat_error_invalid(err, path, "Invalid value at '%s': expected %s", path, what);
+    const char *at = path ? path : "request";
+    chat_error_invalid(err, path, "Invalid value at '%s': expected %s", at, what ? what : "another type");
     return -EINVAL;
 }
 
