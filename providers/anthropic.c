@@ -88,65 +88,7 @@ static int64_t anth_add(int64_t a, int64_t b)
     return a > INT64_MAX - b ? INT64_MAX : a + b;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), 0 when invalid. */
-static size_t anth_utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    size_t len;
-    unsigned min;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-        min = 0x80;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        min = 0x800;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    unsigned cp = c & (0x3Fu >> (len - 1));
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3Fu);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return len;
-}
 
-/* Copies src[0..n) into dst (cap bytes with the NUL) as valid UTF-8: an
- * invalid byte becomes '?', a control character a space, and a sequence
- * that does not fit whole is left out with everything after it. */
-static void anth_copy_text(char *dst, size_t cap, const char *src, size_t n)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        const unsigned char *s = (const unsigned char *)src + i;
-        size_t l = anth_utf8_len(s, n - i);
-        if (o + (l ? l : 1) + 1 > cap)
-            break;
-        if (l == 0) {
-            dst[o++] = '?';
-            i++;
-        } else if (l == 1 && (s[0] < 0x20 || s[0] == 0x7F)) {
-            dst[o++] = ' ';
-            i++;
-        } else {
-            memcpy(dst + o, s, l);
-            o += l;
-            i += l;
-        }
-    }
-    if (cap)
-        dst[o] = '\0';
-}
 
 /* Appends the compact JSON text of v to a new arena string. */
 static int anth_dump_str(chat_request *r, const json_t *v, chat_str *out)
@@ -330,8 +272,8 @@ static bool anth_err_from_json(const json_t *root, int status, chat_error *e)
     int t = anth_err_of_type(type);
     e->status = status;
     e->kind = t >= 0 ? anth_err_types[t].kind : chat_err_kind_of_status(status);
-    anth_copy_text(e->type, sizeof e->type, type.p, type.len);
-    anth_copy_text(e->message, sizeof e->message, msg.p, msg.len);
+    chat_text_copy(e->type, sizeof e->type, type.p, type.len);
+    chat_text_copy(e->message, sizeof e->message, msg.p, msg.len);
     return true;
 }
 
@@ -902,7 +844,7 @@ static int anth_req_decode(const char *body, size_t n, chat_request *r, chat_err
             known = known || slice_eq(slice_make(key, klen), anth_known[k]);
         if (!known) {
             char name[sizeof r->unmapped];
-            anth_copy_text(name, sizeof name, key, klen);
+            chat_text_copy(name, sizeof name, key, klen);
             chat_set_unmapped(r, name);
         }
     }
@@ -1780,7 +1722,7 @@ static void anth_error_decode(int status, const char *body, size_t n, chat_error
     int k = snprintf(e->message, sizeof e->message, "HTTP %d: ", status);
     if (k < 0 || (size_t)k >= sizeof e->message)
         return;
-    anth_copy_text(e->message + k, sizeof e->message - (size_t)k, body, n > 400 ? 400 : n);
+    chat_text_copy(e->message + k, sizeof e->message - (size_t)k, body, n > 400 ? 400 : n);
 }
 
 /* A writer into a buf; the first failure sticks in rc. */
@@ -1823,7 +1765,7 @@ static void anth_w_error(anth_wr *w, const chat_error *e, size_t t)
         k = snprintf(msg, sizeof msg, "%.*s: ", (int)plen, e->param);
     if (k < 0)
         k = 0;
-    anth_copy_text(msg + k, sizeof msg - (size_t)k, e->message, mlen);
+    chat_text_copy(msg + k, sizeof msg - (size_t)k, e->message, mlen);
     anth_w(w, "{\"type\":\"error\",\"error\":{\"type\":");
     anth_wj(w, anth_err_types[t].type, strlen(anth_err_types[t].type));
     anth_w(w, ",\"message\":");

@@ -352,6 +352,64 @@ int chat_response_collect(void *ud, const chat_event *ev)
 
 /* ------------------------------------------------------------ helpers */
 
+/* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    unsigned c = p[0];
+    size_t len;
+    unsigned min;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+        min = 0x80;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        min = 0x800;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    unsigned cp = c & (0x7Fu >> len);
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3Fu);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return len;
+}
+
+size_t chat_text_copy(char *dst, size_t cap, const char *p, size_t n)
+{
+    size_t o = 0;
+    if (cap == 0)
+        return 0;
+    for (size_t i = 0; i < n;) {
+        const unsigned char *u = (const unsigned char *)p + i;
+        size_t l = utf8_seq(u, n - i);
+        if (l == 0 || (l == 1 && (u[0] < 0x20 || u[0] == 0x7F))) {
+            if (o + 1 >= cap)
+                break;
+            dst[o++] = l == 1 && (u[0] == '\n' || u[0] == '\t' || u[0] == '\r') ? ' ' : '?';
+            i++;
+            continue;
+        }
+        if (o + l >= cap)
+            break;
+        memcpy(dst + o, u, l);
+        o += l;
+        i += l;
+    }
+    dst[o] = '\0';
+    return o;
+}
+
 int chat_json_str(buf *out, const char *p, size_t n)
 {
     if (buf_append(out, "\"", 1) || buf_append_json_escaped(out, p ? p : "", p ? n : 0) ||

@@ -376,6 +376,12 @@ const chat_format *chat_format_by_name(const char *name);
 
 /* ------------------------------------------------------------ helpers for adapters */
 
+/* Copies p[0..n) into dst (cap bytes, NUL-terminated) as valid UTF-8
+ * for an error message or a name: tab, CR and LF become a space, other
+ * control characters (NUL included) and invalid bytes '?', and the copy
+ * stops before a character that does not fit whole. Returns the bytes
+ * written (without the NUL). */
+size_t chat_text_copy(char *dst, size_t cap, const char *p, size_t n);
 /* Appends s JSON-escaped with quotes. 0 or -E2BIG/-ENOMEM. */
 int chat_json_str(buf *out, const char *p, size_t n) CHAT_MUSTCHECK;
 /* Appends a JSON value (compact) to out. 0 or -E2BIG/-ENOMEM/-EINVAL. */

@@ -145,38 +145,6 @@ static int gem_bad(chat_error *err, const char *path, const char *what)
     return -EINVAL;
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 when invalid. */
-static size_t gem_utf8_len(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    size_t len;
-    uint32_t cp;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
 
 /* Appends up to n bytes of s to the NUL-terminated dst (cap bytes),
  * keeping it valid UTF-8: invalid bytes, NUL and control characters
@@ -185,25 +153,8 @@ static size_t gem_utf8_len(const unsigned char *s, size_t n)
 static void gem_copy_text(char *dst, size_t cap, const char *s, size_t n)
 {
     size_t o = strlen(dst);
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        size_t l = gem_utf8_len(u + i, n - i);
-        char one = '?';
-        const char *src = &one;
-        size_t w = 1;
-        if (l == 1 && (u[i] >= 0x20 || u[i] == '\n' || u[i] == '\t') && u[i] != 0x7f)
-            one = (char)u[i];
-        else if (l > 1) {
-            src = s + i;
-            w = l;
-        }
-        if (o + w + 1 > cap)
-            break;
-        memcpy(dst + o, src, w);
-        o += w;
-        i += l ? l : 1;
-    }
-    dst[o] = '\0';
+    if (o < cap)
+        chat_text_copy(dst + o, cap - o, s, n);
 }
 
 /* Appends a finite double in its shortest round-tripping form. */

@@ -61,66 +61,7 @@ static const char type_invalid[] = "invalid_request_error";
 
 /* ================================================================ text utilities */
 
-/* Length of the valid UTF-8 sequence at p (n bytes left), 0 when invalid. */
-static size_t oc_utf8_seq(const unsigned char *p, size_t n)
-{
-    unsigned c = p[0];
-    size_t len;
-    unsigned min;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-        min = 0x80;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        min = 0x800;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    unsigned cp = c & (0x7Fu >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return len;
-}
 
-/* Copies p[0..n) into dst (cap bytes, NUL-terminated) as valid UTF-8:
- * an invalid byte or a control character (NUL included) becomes '?', and
- * the copy stops before a character that does not fit. Returns the
- * number of bytes written. */
-static size_t oc_copy_utf8(char *dst, size_t cap, const char *p, size_t n)
-{
-    size_t o = 0;
-    if (cap == 0)
-        return 0;
-    for (size_t i = 0; i < n;) {
-        size_t l = oc_utf8_seq((const unsigned char *)p + i, n - i);
-        if (l == 0 || (l == 1 && ((unsigned char)p[i] < 0x20 || p[i] == 0x7F))) {
-            if (o + 1 >= cap)
-                break;
-            dst[o++] = (l == 1 && (p[i] == '\n' || p[i] == '\t')) ? ' ' : '?';
-            i++;
-            continue;
-        }
-        if (o + l >= cap)
-            break;
-        memcpy(dst + o, p + i, l);
-        o += l;
-        i += l;
-    }
-    dst[o] = '\0';
-    return o;
-}
 
 /* s equals the C string lit exactly (length-aware: a NUL inside s never matches). */
 static bool oc_eq(const char *p, size_t n, const char *lit)
@@ -278,7 +219,7 @@ static int oc_missing(chat_error *err, const char *param)
 static const char *oc_quote(char *tmp, size_t cap, const json_t *v)
 {
     slice s = oc_jslice(v);
-    size_t n = oc_copy_utf8(tmp, cap, s.p, s.len > 48 ? 48 : s.len);
+    size_t n = chat_text_copy(tmp, cap, s.p, s.len > 48 ? 48 : s.len);
     (void)n;
     return tmp;
 }
@@ -1051,7 +992,7 @@ static int oc_req_decode(const char *body, size_t n, chat_request *r, chat_error
 
     if (!root) {
         char why[128];
-        oc_copy_utf8(why, sizeof why, jerr.text, strlen(jerr.text));
+        chat_text_copy(why, sizeof why, jerr.text, strlen(jerr.text));
         return oc_fail(err, NULL, NULL,
                        "We could not parse the JSON body of your request: %s at byte %d. (HINT: "
                        "This likely means you aren't using your HTTP library correctly.)",
@@ -1675,18 +1616,18 @@ static void oc_error_from(int status, const json_t *eo, chat_error *e)
     e->kind = chat_err_kind_of_status(status);
     e->retry_after_ms = -1;
     if (json_is_string(msg)) {
-        oc_copy_utf8(e->message, sizeof e->message, json_string_value(msg),
+        chat_text_copy(e->message, sizeof e->message, json_string_value(msg),
                      json_string_length(msg));
         e->retry_after_ms = oc_retry_hint(e->message);
     }
     if (json_is_string(type))
-        oc_copy_utf8(e->type, sizeof e->type, json_string_value(type), json_string_length(type));
+        chat_text_copy(e->type, sizeof e->type, json_string_value(type), json_string_length(type));
     if (json_is_string(code))
-        oc_copy_utf8(e->code, sizeof e->code, json_string_value(code), json_string_length(code));
+        chat_text_copy(e->code, sizeof e->code, json_string_value(code), json_string_length(code));
     else if (json_is_integer(code))
         snprintf(e->code, sizeof e->code, "%" JSON_INTEGER_FORMAT, json_integer_value(code));
     if (json_is_string(param))
-        oc_copy_utf8(e->param, sizeof e->param, json_string_value(param),
+        chat_text_copy(e->param, sizeof e->param, json_string_value(param),
                      json_string_length(param));
     /* quota exhausted arrives as a 429 but retrying does not help */
     if (oc_jeq(code, "insufficient_quota") || oc_jeq(type, "insufficient_quota"))
@@ -1708,14 +1649,14 @@ static void oc_error_decode(int status, const char *body, size_t n, chat_error *
         e->kind = chat_err_kind_of_status(status);
         e->retry_after_ms = -1;
         if (json_is_string(eo)) { /* {"error": "..."} from some compatible servers */
-            oc_copy_utf8(e->message, sizeof e->message, json_string_value(eo),
+            chat_text_copy(e->message, sizeof e->message, json_string_value(eo),
                          json_string_length(eo));
         } else if (n == 0) {
             snprintf(e->message, sizeof e->message, "upstream returned HTTP %d with an empty body",
                      status);
         } else {
             char quote[200];
-            oc_copy_utf8(quote, sizeof quote, body, n);
+            chat_text_copy(quote, sizeof quote, body, n);
             snprintf(e->message, sizeof e->message, "upstream returned HTTP %d: %s", status, quote);
         }
     }
@@ -2530,7 +2471,7 @@ static int oc_error_obj(const chat_error *e, bool with_param, buf *out, int *sta
     if (status)
         *status = st;
     /* message must be valid UTF-8 whatever the decoder left */
-    oc_copy_utf8(msg, sizeof msg, e->message, strnlen(e->message, sizeof e->message));
+    chat_text_copy(msg, sizeof msg, e->message, strnlen(e->message, sizeof e->message));
     if (!msg[0])
         snprintf(msg, sizeof msg, "upstream error (HTTP %d)", st);
     OC_TRY(oc_put(out, "{\"error\":{\"message\":"));
@@ -2538,13 +2479,13 @@ static int oc_error_obj(const chat_error *e, bool with_param, buf *out, int *sta
     OC_TRY(oc_put(out, ",\"type\":"));
     {
         char t[sizeof e->type];
-        oc_copy_utf8(t, sizeof t, type, strlen(type));
+        chat_text_copy(t, sizeof t, type, strlen(type));
         OC_TRY(chat_json_str(out, t, strlen(t)));
     }
     OC_TRY(oc_put(out, ",\"param\":"));
     if (with_param && e->param[0]) {
         char p[sizeof e->param];
-        oc_copy_utf8(p, sizeof p, e->param, strnlen(e->param, sizeof e->param));
+        chat_text_copy(p, sizeof p, e->param, strnlen(e->param, sizeof e->param));
         OC_TRY(chat_json_str(out, p, strlen(p)));
     } else {
         OC_TRY(oc_put(out, "null"));
@@ -2552,7 +2493,7 @@ static int oc_error_obj(const chat_error *e, bool with_param, buf *out, int *sta
     OC_TRY(oc_put(out, ",\"code\":"));
     if (code) {
         char cd[sizeof e->code];
-        oc_copy_utf8(cd, sizeof cd, code, strnlen(code, sizeof e->code));
+        chat_text_copy(cd, sizeof cd, code, strnlen(code, sizeof e->code));
         OC_TRY(chat_json_str(out, cd, strlen(cd)));
     } else {
         OC_TRY(oc_put(out, "null"));
