@@ -19,6 +19,7 @@
 #include "daemon/tls.h"
 #include "daemon/version.h"
 #include "providers/chat.h"
+#include "providers/embeddings.h"
 #include "providers/jscan.h"
 #include "providers/mock.h"
 #include "providers/openai.h"
@@ -112,6 +113,8 @@ typedef struct call {
     bool ended;                    /* the decoder saw the end of the answer */
     bool stream_error;             /* an in-stream error event was relayed */
     bool finished;                 /* the decoder saw a finish reason */
+    bool embed;                    /* embeddings translated for a Gemini provider */
+    embed_req_info embed_info;     /* what the caller's embeddings request asked for */
     int64_t cache_write;           /* prompt tokens written to the cache (provider usage) */
 } call;
 
@@ -808,6 +811,19 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
         if (c->up_status == 200 && body.len > 0 &&
             openai_each_text(body.data, body.len, false, meter_openai_text, &c->meter) != 0)
             log_debug(c->req->request_id, "response is not a JSON object: not metered");
+    } else if (c->up_status == 200 && c->embed) {
+        buf out;
+        buf_init(&out, GW_MAX_RESPONSE_BYTES);
+        if (embed_gemini_response(body.data ? body.data : "", body.len, &c->embed_info, c->info.model,
+                                  c->info.model_len, c->prompt_est, &out) != 0) {
+            buf_free(&out);
+            buf_free(&body);
+            c->overhead_ns += clock_mono_ns() - t0;
+            return (void)call_fail_inside(c, "upstream sent an embeddings answer that does not decode");
+        }
+        buf_free(&body);
+        body = out;
+        snprintf(ctype, sizeof ctype, "application/json");
     } else if (c->up_status == 200) {
         buf out;
         buf_init(&out, GW_MAX_RESPONSE_BYTES);
@@ -937,6 +953,9 @@ static bool rate_admit(gateway *gw, const config_key *key, uint32_t *remaining, 
  * with *err set when the upstream's format cannot express the request. */
 static int build_upstream_body(call *c, const slice *pmodel, chat_error *err)
 {
+    if (c->embed)
+        return embed_gemini_request(c->req->body.p, c->req->body.len, pmodel->p, pmodel->len,
+                                    &c->embed_info, &c->up_body, err);
     if (c->translate) {
         chat_target t = {.model = pmodel->p, .model_len = pmodel->len, .stream = c->info.stream};
         return c->fup->req_encode(&c->creq, &t, &c->up_body, err);
@@ -968,6 +987,8 @@ static int build_upstream_request(call *c, const slice *pmodel, chat_error *err)
     rc = buf_printf(&c->up_head, "POST %s", p->url.path);
     if (!rc && c->fup->id == CHAT_FMT_OPENAI)
         rc = buf_append_str(&c->up_head, c->endpoint);
+    else if (!rc && c->embed)
+        rc = embed_gemini_path(pmodel->p, pmodel->len, &c->up_head);
     else if (!rc)
         rc = c->fup->req_path(&t, &c->up_head);
     if (!rc)
@@ -1212,8 +1233,10 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
         return;
     }
     bool chat = strcmp(endpoint, "/completions") != 0 && strcmp(endpoint, "/embeddings") != 0;
-    if (!chat && (config_provider_format(m->provider) != CHAT_FMT_OPENAI ||
-                  m->provider->type == CONFIG_PROVIDER_MOCK)) {
+    bool embed_gemini = strcmp(endpoint, "/embeddings") == 0 && m->provider->type == CONFIG_PROVIDER_GEMINI;
+    if (!chat && !embed_gemini &&
+        (config_provider_format(m->provider) != CHAT_FMT_OPENAI ||
+         m->provider->type == CONFIG_PROVIDER_MOCK)) {
         access_log_simple(req, 400, key->alias);
         send_error(req, 400, "invalid_request_error", "unsupported_endpoint", "model", NULL,
                    "The model '%s' is served by provider '%s' (%s), which has no %s endpoint; "
@@ -1261,6 +1284,7 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
     c->fup = chat_format_get((chat_format_id)config_provider_format(c->prov));
     c->translate = c->fin != c->fup;
     c->decode = c->translate || fin->id != CHAT_FMT_OPENAI;
+    c->embed = embed_gemini;
     size_t pl = pmodel.len < sizeof(c->provider_model) - 1 ? pmodel.len : sizeof(c->provider_model) - 1;
     memcpy(c->provider_model, pmodel.p, pl);
     c->provider_model[pl] = '\0';
@@ -1268,7 +1292,7 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
     meter_init(&c->meter, enc, gw->work);
     chat_error ce;
     memset(&ce, 0, sizeof ce);
-    if (c->translate && fin->id == CHAT_FMT_OPENAI) {
+    if (chat && c->translate && fin->id == CHAT_FMT_OPENAI) {
         /* an OpenAI body for another format: decoded after all */
         if (chat_request_init(&c->creq) != 0 ||
             fin->req_decode(req->body.p, req->body.len, &c->creq, &ce) != 0) {

@@ -19,6 +19,17 @@ function startPlainUpstream() {
     for await (const c of req) parts.push(c);
     const body = JSON.parse(Buffer.concat(parts).toString('utf8'));
     seen.push({ path: req.url, headers: req.headers, body });
+    const gem = /^\/v1beta\/models\/([^:]+):batchEmbedContents$/.exec(req.url);
+    if (gem) {
+      if (req.headers['x-goog-api-key'] !== UPSTREAM_KEY) {
+        res.writeHead(400, { 'content-type': 'application/json' }).end(fixture('gemini/error_400_api_key_invalid.json'));
+        return;
+      }
+      // one vector per request, derived from its text so the test can check the order
+      const embeddings = body.requests.map((r) => ({ values: [r.content.parts[0].text.length, -0.25, 0.5] }));
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ embeddings }));
+      return;
+    }
     if (req.headers.authorization !== `Bearer ${UPSTREAM_KEY}`) {
       res.writeHead(401, { 'content-type': 'application/json' }).end(fixture('openai/error_401.json'));
       return;
@@ -65,6 +76,8 @@ describe('other endpoints', () => {
       cfg.models.push({ name: 'emb', provider: 'up', model: 'text-embedding-3-small' });
       cfg.models.push({ name: 'inst', provider: 'up', model: 'gpt-3.5-turbo-instruct' });
       cfg.providers.push({ name: 'mock-anthropic', type: 'mock', mock: { format: 'anthropic' } });
+      cfg.providers.push({ name: 'gem', type: 'gemini', base_url: up.url.replace(/\/v1$/, '/v1beta'), api_key: UPSTREAM_KEY });
+      cfg.models.push({ name: 'gem-emb', provider: 'gem', model: 'text-embedding-004' });
       cfg.models.push({ name: 'mock-claude', provider: 'mock-anthropic' });
     }));
     client = new OpenAI({ apiKey: KEY, baseURL: `http://127.0.0.1:${gw.port}/v1`, maxRetries: 0 });
@@ -92,6 +105,29 @@ describe('other endpoints', () => {
     const log = await gw.waitForAccessLog((l) => l.path === '/v1/embeddings' && l.usage_source === 'provider', 5000, 'embeddings log');
     assert.equal(log.prompt_tokens, want.usage.prompt_tokens);
     assert.equal(log.completion_tokens, 0);
+  });
+
+  it('embeddings to Gemini: batchEmbedContents, floats and base64 back, usage estimated', async () => {
+    const r = await client.embeddings.create({ model: 'gem-emb', input: ['hello', 'sea'], encoding_format: 'float', dimensions: 3 });
+    const sent = up.seen.at(-1);
+    assert.equal(sent.path, '/v1beta/models/text-embedding-004:batchEmbedContents');
+    assert.equal(sent.headers['x-goog-api-key'], UPSTREAM_KEY);
+    assert.deepEqual(sent.body.requests.map((q) => q.content.parts[0].text), ['hello', 'sea']);
+    assert.equal(sent.body.requests[0].model, 'models/text-embedding-004');
+    assert.equal(sent.body.requests[0].outputDimensionality, 3);
+    assert.deepEqual(r.data.map((d) => d.embedding), [[5, -0.25, 0.5], [3, -0.25, 0.5]]);
+    assert.deepEqual(r.data.map((d) => d.index), [0, 1]);
+    assert.equal(r.model, 'gem-emb');
+    // the SDK default: base64 float32, decoded by the SDK to the same numbers
+    const b = await client.embeddings.create({ model: 'gem-emb', input: 'hello' });
+    assert.deepEqual(b.data[0].embedding, [5, -0.25, 0.5]);
+    const log = await gw.waitForAccessLog((l) => l.model === 'gem-emb' && l.upstream_format === 'gemini', 5000, 'gemini embeddings log');
+    assert.equal(log.usage_source, 'estimated');
+    assert.ok(log.prompt_tokens > 0);
+    // token ids have no Gemini form: refused before anything goes upstream
+    const n = up.seen.length;
+    await assert.rejects(() => client.embeddings.create({ model: 'gem-emb', input: [[1, 2, 3]] }), (e) => e.status === 400 && e.param === 'input');
+    assert.equal(up.seen.length, n);
   });
 
   it('completions: whole and streamed, usage chunk only when asked for', async () => {
