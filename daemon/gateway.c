@@ -468,7 +468,7 @@ static void call_note_event(call *c, const chat_event *ev)
         if (u->cache_write >= 0)
             c->cache_write = u->cache_write;
         /* a START carries the input side only: usage is final at USAGE */
-        if (ev->type == CHAT_EV_USAGE)
+        if (ev->type == CHAT_EV_USAGE && (c->finished || c->phase != CALL_STREAMING))
             c->have_usage = true;
         break;
     }
@@ -480,6 +480,8 @@ static void call_note_event(call *c, const chat_event *ev)
         break;
     case CHAT_EV_ERROR:
         c->stream_error = true;
+        if (!c->error)
+            c->error = "upstream sent an error event";
         break;
     default:
         break;
@@ -853,6 +855,15 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
         buf out;
         buf_init(&out, 64 * 1024);
         int st = c->up_status;
+        /* a retry hint in the body (Gemini RetryInfo) becomes retry-after */
+        size_t hl = strlen(c->up_headers);
+        if (e.retry_after_ms >= 0 && !strstr(c->up_headers, "retry-after:") &&
+            !strstr(c->up_headers, "Retry-After:")) {
+            int k = snprintf(c->up_headers + hl, sizeof c->up_headers - hl, "retry-after: %lld\r\n",
+                             (long long)((e.retry_after_ms + 999) / 1000));
+            if (k < 0 || (size_t)k >= sizeof c->up_headers - hl)
+                c->up_headers[hl] = '\0';
+        }
         if (c->fin->error_encode(&e, &out, &st) == 0) {
             buf_free(&body);
             body = out;
@@ -1280,7 +1291,7 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
     c->prov = m->provider;
     c->model = m;
     c->fin = fin;
-    c->endpoint = endpoint;
+    c->endpoint = fin->id == CHAT_FMT_OPENAI ? endpoint : "/chat/completions";
     c->fup = chat_format_get((chat_format_id)config_provider_format(c->prov));
     c->translate = c->fin != c->fup;
     c->decode = c->translate || fin->id != CHAT_FMT_OPENAI;

@@ -1,16 +1,26 @@
-// upstream.mjs - a TLS mock of an OpenAI-compatible provider that replays the
+// upstream.mjs - a TLS mock of the providers tollgate talks to (OpenAI chat
+// completions, Anthropic messages, Gemini generateContent) that replays the
 // recorded wire fixtures, cut into randomly sized pieces, and can be scripted
 // to misbehave (reset, stall, flood, error status, slow first byte).
 //
-// The request's `model` picks the fixture and the script:
+//   POST /v1/chat/completions                      OpenAI (Authorization: Bearer KEY)
+//   POST /v1/messages                              Anthropic (x-api-key: KEY, anthropic-version)
+//   POST /v1beta/models/MODEL:generateContent      Gemini (x-goog-api-key: KEY)
+//   POST /v1beta/models/MODEL:streamGenerateContent?alt=sse
+//
+// The model (the body's `model`; for Gemini the percent-decoded MODEL of the
+// path) picks the fixture and the script:
 //
 //   <provider>/<fixture basename>[?opt=value&opt=value...]
 //
 // e.g. `openai/chat_stream` replays openai/chat_stream.sse to a stream request,
 // `openai/chat_completion_response` replays the .json to a non-stream one,
-// `openai/error_429` answers 429 with that body. A model without a slash
-// (e.g. gpt-4o-mini) gets openai/chat_stream.sse or
-// openai/chat_completion_response.json. The header `x-mock-script` can carry
+// `openai/error_429` answers 429 with that body. Gemini streams replay
+// `<fixture>.wire_crlf.sse` when it exists (the byte-exact CRLF wire). A
+// model without a slash gets the API's default fixtures (openai/chat_stream,
+// openai/chat_completion_response; anthropic/messages_stream,
+// anthropic/messages_response; gemini/stream_generate_content,
+// gemini/generate_content_response). The header `x-mock-script` can carry
 // the same options (it wins over the model's). See ../README.md for the list.
 //
 // Everything the mock sees is recorded (requests, sockets, TLS handshake
@@ -22,7 +32,7 @@ import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { FIXTURES, TLS_DIR } from './paths.mjs';
-import { splitEvents, isUsageOnlyChunk } from './sse.mjs';
+import { splitEvents, isUsageOnlyChunk, eventData } from './sse.mjs';
 
 /** mulberry32: a tiny seeded PRNG returning floats in [0, 1). */
 export function seededRandom(seed) {
@@ -81,6 +91,44 @@ export function parseModel(model) {
 
 function openaiError(message, type, code, param = null) {
   return Buffer.from(JSON.stringify({ error: { message, type, param, code } }));
+}
+
+function anthropicError(type, message, requestId) {
+  return Buffer.from(JSON.stringify({ type: 'error', error: { type, message }, request_id: requestId }));
+}
+
+function geminiError(code, status, message) {
+  return Buffer.from(JSON.stringify({ error: { code, message, status } }, null, 2));
+}
+
+/** The fixture of a model without a slash, per API: [stream, non-stream]. */
+const DEFAULT_FIXTURE = {
+  openai: ['openai/chat_stream', 'openai/chat_completion_response'],
+  anthropic: ['anthropic/messages_stream', 'anthropic/messages_response'],
+  gemini: ['gemini/stream_generate_content', 'gemini/generate_content_response'],
+};
+
+/**
+ * Which API a request line speaks: {api: 'openai'} for POST /v1/chat/completions,
+ * {api: 'anthropic'} for POST /v1/messages, {api: 'gemini', model (still
+ * percent-encoded), method, stream, sse} for POST
+ * /v1beta/models/MODEL:generateContent or :streamGenerateContent[?alt=sse];
+ * null for anything else.
+ */
+export function routeOf(method, rawUrl) {
+  if (method !== 'POST') return null;
+  if (rawUrl === '/v1/chat/completions') return { api: 'openai' };
+  let u;
+  try {
+    u = new URL(rawUrl, 'https://localhost');
+  } catch {
+    return null;
+  }
+  if (u.pathname === '/v1/messages') return { api: 'anthropic' };
+  const m = /^\/v1beta\/models\/(.+):(generateContent|streamGenerateContent)$/.exec(u.pathname);
+  if (!m) return null;
+  const stream = m[2] === 'streamGenerateContent';
+  return { api: 'gemini', model: m[1], method: m[2], stream, sse: stream && u.searchParams.get('alt') === 'sse' };
 }
 
 // Content events of the synthetic flood stream, one per letter, each carrying
@@ -292,29 +340,66 @@ export class MockUpstream extends EventEmitter {
     this.emit('change');
 
     const requestId = `req_mock_${rec.seq}`;
-    const fail = (status, body) => this.respond(rec, res, status, { 'content-type': 'application/json', 'x-request-id': requestId }, body, {});
+    const route = routeOf(req.method, req.url);
+    rec.api = route?.api ?? null;
+    const api = route?.api ?? 'openai';
+    const jsonType = api === 'gemini' ? 'application/json; charset=UTF-8' : 'application/json';
+    const idHeaders = api === 'anthropic' ? { 'request-id': requestId, 'x-request-id': requestId } : { 'x-request-id': requestId };
+    // Gemini's streaming method without alt=sse answers a JSON array, errors included.
+    const wrapArray = api === 'gemini' && route.stream && !route.sse;
+    const wrap = (body) => (wrapArray ? Buffer.concat([Buffer.from('[\n'), body, Buffer.from('\n]')]) : body);
+    const fail = (status, body) => this.respond(rec, res, status, { 'content-type': jsonType, ...idHeaders }, wrap(body), {});
+    const notFound = (name) => fail(404, api === 'anthropic'
+      ? anthropicError('not_found_error', `model: ${name}`, requestId)
+      : api === 'gemini'
+        ? geminiError(404, 'NOT_FOUND', `models/${name} is not found for API version v1beta, or is not supported for ${route.method}.`)
+        : openaiError(`The model \`${name}\` does not exist or you do not have access to it.`, 'invalid_request_error', 'model_not_found'));
+    const badRequest = (message, param = null) => fail(400, api === 'anthropic'
+      ? anthropicError('invalid_request_error', message, requestId)
+      : api === 'gemini'
+        ? geminiError(400, 'INVALID_ARGUMENT', message)
+        : openaiError(message, 'invalid_request_error', null, param));
 
-    if (req.method !== 'POST' || req.url !== '/v1/chat/completions') {
+    if (!route) {
       return fail(404, openaiError(`Invalid URL (${req.method} ${req.url})`, 'invalid_request_error', null));
     }
-    if (req.headers.authorization !== `Bearer ${this.apiKey}`) {
+    if (api === 'openai' && req.headers.authorization !== `Bearer ${this.apiKey}`) {
       return fail(401, fs.readFileSync(path.join(this.fixtures, 'openai', 'error_401.json')));
     }
-    if (rec.body === null || typeof rec.body !== 'object' || typeof rec.body.model !== 'string') {
-      return fail(400, openaiError('We could not parse the JSON body of your request.', 'invalid_request_error', null));
+    if (api === 'anthropic' && (req.headers['x-api-key'] !== this.apiKey || !req.headers['anthropic-version'])) {
+      return fail(401, fs.readFileSync(path.join(this.fixtures, 'anthropic', 'error_401_authentication_error.json')));
     }
+    if (api === 'gemini' && req.headers['x-goog-api-key'] !== this.apiKey) {
+      return fail(400, fs.readFileSync(path.join(this.fixtures, 'gemini', 'error_400_api_key_invalid.json')));
+    }
+    if (rec.body === null || typeof rec.body !== 'object' || Array.isArray(rec.body)) {
+      return badRequest('We could not parse the JSON body of your request.');
+    }
+    let model;
+    if (api === 'gemini') {
+      try {
+        model = decodeURIComponent(route.model); // names with '/' or '?' arrive percent-encoded
+      } catch {
+        return badRequest(`bad model in the path: ${route.model}`);
+      }
+    } else {
+      model = rec.body.model;
+      if (typeof model !== 'string') return badRequest('model: field required', 'model');
+    }
+    rec.model = model;
 
     let name;
     try {
-      const m = parseModel(rec.body.model);
+      const m = parseModel(model);
       name = m.name;
       rec.script = { ...m.script, ...parseScript(req.headers['x-mock-script']) };
     } catch (err) {
-      return fail(400, openaiError(err.message, 'invalid_request_error', null, 'model'));
+      return badRequest(err.message, 'model');
     }
     const script = rec.script;
     rec.seed = script.seed ?? this.seed + rec.seq;
-    const stream = rec.body.stream === true;
+    const stream = api === 'gemini' ? route.stream : rec.body.stream === true;
+    rec.stream = stream;
     const askedUsage = rec.body.stream_options?.include_usage === true;
 
     if (script.hang) return; // never answer; the socket stays open until someone closes it
@@ -322,36 +407,43 @@ export class MockUpstream extends EventEmitter {
     if (rec.clientClosedAt !== null) return;
 
     if (name === 'synthetic/flood') {
-      if (!stream) return fail(400, openaiError('synthetic/flood is stream-only', 'invalid_request_error', null, 'stream'));
+      if (api !== 'openai') return badRequest('synthetic/flood is OpenAI-only');
+      if (!stream) return badRequest('synthetic/flood is stream-only', 'stream');
       rec.fixture = name;
       return this.flood(rec, res, requestId, askedUsage);
     }
 
-    if (!name.includes('/')) name = stream ? 'openai/chat_stream' : 'openai/chat_completion_response';
-    if (!/^[a-z0-9_-]+\/[A-Za-z0-9_.-]+$/.test(name) || name.includes('..')) {
-      return fail(404, openaiError(`The model \`${name}\` does not exist or you do not have access to it.`, 'invalid_request_error', 'model_not_found'));
-    }
+    if (!name.includes('/')) name = DEFAULT_FIXTURE[api][stream ? 0 : 1];
+    if (!/^[a-z0-9_-]+\/[A-Za-z0-9_.-]+$/.test(name) || name.includes('..')) return notFound(name);
     const base = path.join(this.fixtures, name);
     const errorStatus = /^error_(\d{3})/.exec(path.basename(name));
     if (errorStatus) {
+      if (!fs.existsSync(`${base}.json`)) return notFound(name);
       rec.fixture = `${name}.json`;
       return this.respond(rec, res, script.status ?? Number(errorStatus[1]),
-        { 'content-type': 'application/json', 'x-request-id': requestId }, fs.readFileSync(`${base}.json`), script);
+        { 'content-type': jsonType, ...idHeaders }, wrap(fs.readFileSync(`${base}.json`)), script);
     }
-    const file = stream ? `${base}.sse` : `${base}.json`;
-    if (!fs.existsSync(file)) {
-      return fail(404, openaiError(`The model \`${name}\` does not exist or you do not have access to it.`, 'invalid_request_error', 'model_not_found'));
-    }
+    let file = stream ? `${base}.sse` : `${base}.json`;
+    // Gemini's wire uses CRLF between events: replay the byte-exact recording when there is one.
+    if (api === 'gemini' && stream && fs.existsSync(`${base}.wire_crlf.sse`)) file = `${base}.wire_crlf.sse`;
+    if (!fs.existsSync(file)) return notFound(name);
     rec.fixture = path.relative(this.fixtures, file);
     let body = fs.readFileSync(file);
-    if (stream && !askedUsage && script.usage !== 'always') {
+    if (api === 'openai' && stream && !askedUsage && script.usage !== 'always') {
       // Like OpenAI: without stream_options.include_usage there is no usage chunk.
       const { events, rest } = splitEvents(body);
       body = Buffer.concat([...events.filter((ev) => !isUsageOnlyChunk(ev)), rest]);
     }
-    const headers = stream
-      ? { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-request-id': requestId }
-      : { 'content-type': 'application/json', 'x-request-id': requestId };
+    let sse = stream;
+    if (wrapArray) {
+      // streamGenerateContent without alt=sse: the chunks as one JSON array
+      const { events } = splitEvents(body);
+      body = Buffer.from(`[${events.map((ev) => eventData(ev)).join(',\r\n')}]`);
+      sse = false;
+    }
+    const headers = sse
+      ? { 'content-type': api === 'gemini' ? 'text/event-stream' : 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', ...idHeaders }
+      : { 'content-type': jsonType, ...idHeaders };
     return this.respond(rec, res, script.status ?? 200, headers, body, script);
   }
 
@@ -493,7 +585,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(new URL(im
     const r = u.requests[u.requests.length - 1];
     if (r && r.outcome !== r._logged) {
       r._logged = r.outcome;
-      process.stdout.write(`#${r.seq} ${r.method} ${r.path} model=${r.body?.model} fixture=${r.fixture} status=${r.status} outcome=${r.outcome} sent=${r.bytesSent}\n`);
+      process.stdout.write(`#${r.seq} ${r.method} ${r.path} api=${r.api} model=${r.model ?? r.body?.model} fixture=${r.fixture} status=${r.status} outcome=${r.outcome} sent=${r.bytesSent}\n`);
     }
   });
 }
