@@ -30,6 +30,7 @@
  * for usage, the choices:[] usage chunk, [DONE]); an ERROR event writes
  * the in-stream error and ends the stream like stream_error_encode. */
 #include "providers/chat.h"
+#include "providers/jscan.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -44,6 +45,7 @@
 /* jansson flags: duplicates are an error (upstreams keep the last copy,
  * we would read the first), \u0000 is allowed (lengths are used). */
 #define OC_JFLAGS (JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | JSON_DECODE_ANY)
+#define OC_FAST_MAX_DEPTH 256 /* nesting the jscan fast path accepts (jansson: 2048) */
 #define OC_PARAM_MAX 64               /* = sizeof chat_error.param */
 #define OC_SIG_MAX ((size_t)1 << 20)  /* a signature carried in a tool call id */
 #define OC_ID_MAX ((size_t)64 * 1024) /* one generated or re-encoded call id */
@@ -1703,6 +1705,7 @@ struct chat_stream {
     buf start_model;    /* START's model */
     buf head;           /* `data: {"id":...,"choices":[` */
     chat_usage usage;   /* latest usage seen */
+    buf text;           /* decoder: a delta's content decoded by the fast path */
 };
 
 /* The state of choice i, created (with those before it) when new; NULL
@@ -1736,6 +1739,7 @@ static void oc_stream_free(chat_stream *s)
     buf_free(&s->id);
     buf_free(&s->start_model);
     buf_free(&s->head);
+    buf_free(&s->text);
     free(s);
 }
 
@@ -1743,8 +1747,10 @@ static void oc_stream_free(chat_stream *s)
 static chat_stream *oc_stream_dec_new(void)
 {
     chat_stream *s = calloc(1, sizeof *s);
-    if (s)
+    if (s) {
         s->kind = OC_DEC;
+        buf_init(&s->text, (size_t)64 * 1024 * 1024);
+    }
     return s;
 }
 
@@ -1928,6 +1934,91 @@ static int oc_dec_chunk(chat_stream *s, const json_t *root, chat_emit_fn emit, v
     return 0;
 }
 
+/* True for a key that must be compared after decoding (has an escape). */
+static bool oc_key_escaped(const jscan_val *k) { return memchr(k->p, '\\', k->n) != NULL; }
+
+/* The fast path for the chunk that makes up almost all of a long answer:
+ * after the first chunk, one choice with index 0, a delta of only role /
+ * content (/ refusal null), no finish_reason, no usage, no error. It is
+ * read with jscan (no DOM) and gives the same events as oc_dec_chunk.
+ * 1: handled; 0: not such a chunk (the DOM path decides, errors
+ * included); otherwise the callback's value or -ENOMEM/-E2BIG. */
+static int oc_dec_fast(chat_stream *s, const char *p, size_t n, chat_emit_fn emit, void *ud)
+{
+    jscan_val root, key, val, choices = {0}, ch, delta = {0}, content = {0};
+    jscan_error je;
+    jscan_iter it;
+    size_t len;
+    int seen = 0;
+    if (!s->started || s->nchoices < 1 ||
+        jscan_parse(p, n, OC_FAST_MAX_DEPTH, &root, &je) != 0 || root.type != JSCAN_OBJECT ||
+        jscan_iter_init(&it, &root) != 0)
+        return 0;
+    while (jscan_obj_next(&it, &key, &val) == 0) {
+        if (oc_key_escaped(&key))
+            return 0;
+        if (jscan_str_eq(&key, "choices", 7)) {
+            if (seen++)
+                return 0;
+            choices = val;
+        } else if ((jscan_str_eq(&key, "usage", 5) || jscan_str_eq(&key, "error", 5)) &&
+                   val.type != JSCAN_NULL) {
+            return 0;
+        }
+    }
+    if (choices.type != JSCAN_ARRAY || jscan_arr_len(&choices, &len) != 0 || len != 1 ||
+        jscan_iter_init(&it, &choices) != 0 || jscan_arr_next(&it, &ch) != 0 ||
+        ch.type != JSCAN_OBJECT || jscan_iter_init(&it, &ch) != 0)
+        return 0;
+    bool index0 = false;
+    seen = 0;
+    while (jscan_obj_next(&it, &key, &val) == 0) {
+        if (oc_key_escaped(&key))
+            return 0;
+        if (jscan_str_eq(&key, "index", 5)) {
+            if (index0 || val.type != JSCAN_NUMBER || val.n != 1 || val.p[0] != '0')
+                return 0;
+            index0 = true;
+        } else if (jscan_str_eq(&key, "delta", 5)) {
+            if (seen++)
+                return 0;
+            delta = val;
+        } else if (jscan_str_eq(&key, "finish_reason", 13) && val.type != JSCAN_NULL) {
+            return 0;
+        }
+    }
+    if (!index0 || delta.type != JSCAN_OBJECT || jscan_iter_init(&it, &delta) != 0)
+        return 0;
+    seen = 0;
+    while (jscan_obj_next(&it, &key, &val) == 0) {
+        if (oc_key_escaped(&key))
+            return 0;
+        if (jscan_str_eq(&key, "content", 7)) {
+            if (seen++ || (val.type != JSCAN_STRING && val.type != JSCAN_NULL))
+                return 0;
+            content = val;
+        } else if (jscan_str_eq(&key, "role", 4)) {
+            if (val.type != JSCAN_STRING)
+                return 0;
+        } else if (!(jscan_str_eq(&key, "refusal", 7) && val.type == JSCAN_NULL)) {
+            return 0; /* tool calls, reasoning, anything else */
+        }
+    }
+    if (content.type != JSCAN_STRING || content.n <= 2)
+        return 1;
+    buf_reset(&s->text);
+    if (buf_reserve(&s->text, content.n) != 0)
+        return -E2BIG;
+    if (jscan_str_decode(&content, s->text.data, content.n, &len) != 0)
+        return 0;
+    if (len == 0)
+        return 1;
+    chat_event ev = oc_ev(CHAT_EV_TEXT, 0);
+    ev.text = slice_make(s->text.data, len);
+    int rc = emit(ud, &ev);
+    return rc ? rc : 1;
+}
+
 /* chat_format.stream_dec_feed: one SSE event of a chat.completion.chunk stream. */
 static int oc_stream_dec_feed(chat_stream *s, const sse_event *sev, chat_emit_fn emit, void *ud)
 {
@@ -1940,8 +2031,11 @@ static int oc_stream_dec_feed(chat_stream *s, const sse_event *sev, chat_emit_fn
         s->done = true;
         return emit(ud, &ev);
     }
+    int rc = oc_dec_fast(s, sev->data.p, sev->data.len, emit, ud);
+    if (rc)
+        return rc > 0 ? 0 : rc;
     json_t *root = json_loadb(sev->data.p, sev->data.len, OC_JFLAGS, NULL);
-    int rc = json_is_object(root) ? oc_dec_chunk(s, root, emit, ud) : -EINVAL;
+    rc = json_is_object(root) ? oc_dec_chunk(s, root, emit, ud) : -EINVAL;
     json_decref(root);
     return rc;
 }

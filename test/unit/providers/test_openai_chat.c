@@ -187,6 +187,33 @@ static int decode_stream_fixture(const char *rel, rec *r)
     return rc;
 }
 
+/* The jscan fast path for plain content chunks gives what the DOM path
+ * gives, and hands everything else (escaped keys, duplicates, tool calls,
+ * a finish, usage) to the DOM path. */
+static void test_decode_stream_fast_path(void **state)
+{
+    (void)state;
+    static const char body[] =
+        "data: {\"id\":\"c1\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n"
+        /* fast: escapes decoded, NUL kept */
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\\n\\u00e9\\u0000b\"},\"finish_reason\":null,\"logprobs\":null}],\"usage\":null,\"obfuscation\":\"x\"}\n\n"
+        /* an escaped key: the DOM path reads it as content */
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"c\\u006fntent\":\"C\"}}]}\n\n"
+        /* reasoning is not for the fast path */
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"R\",\"content\":\"D\"}}]}\n\n"
+        /* a duplicate key: the DOM path refuses the chunk */
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\",\"content\":\"y\"}}]}\n\n";
+    rec r;
+    rec_init(&r);
+    assert_int_equal(decode_stream(body, sizeof body - 1, &r), -EINVAL);
+    assert_string_equal(r.kinds, "STTRT");
+    static const char want[] = "a\n\xc3\xa9\0bCD";
+    assert_int_equal(r.resp.text.len, sizeof want - 1);
+    assert_memory_equal(r.resp.text.data, want, sizeof want - 1);
+    assert_int_equal(r.resp.thinking.len, 1);
+    chat_response_free(&r.resp);
+}
+
 /* ------------------------------------------------------------ request decode */
 
 static void test_decode_chat_completion_request(void **state)
@@ -1764,6 +1791,7 @@ static void test_error_encode(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decode_stream_fast_path),
         cmocka_unit_test(test_decode_chat_completion_request),
         cmocka_unit_test(test_decode_tool_call_request),
         cmocka_unit_test(test_decode_stream_request),
