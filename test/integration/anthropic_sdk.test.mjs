@@ -6,10 +6,12 @@
 // typed errors.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import path from 'node:path';
 import Anthropic, { APIError, AuthenticationError, NotFoundError, RateLimitError, InternalServerError } from '@anthropic-ai/sdk';
 import { startUpstream } from './lib/upstream.mjs';
 import { startGateway, baseConfig, rawRequest, newRequestId, KEY, UPSTREAM_KEY, TLS_DIR } from './lib/gateway.mjs';
+import { FIXTURES } from './lib/paths.mjs';
 import { fixture, fixtureEvents, fixtureText, fixtureUsage, eventPayload, assertAccessLogShape, assertCleanShutdown } from './lib/expect.mjs';
 
 const T = { timeout: 20000 };
@@ -105,6 +107,40 @@ describe('@anthropic-ai/sdk against tollgate', () => {
   after(async () => {
     await gw?.stop();
     await up?.close();
+  });
+
+  it('every recorded OpenAI and OpenRouter answer, whole and streamed, parses with the Anthropic SDK', T, async () => {
+    const recorded = [];
+    for (const dir of ['openai', 'openrouter']) {
+      for (const f of fs.readdirSync(path.join(FIXTURES, dir)).sort()) {
+        if (f.includes('error') || f.startsWith('embeddings') || f.startsWith('models')) continue;
+        if (f.endsWith('.sse') || f.endsWith('_response.json') || /response_[a-z_]+\.json$/.test(f)) recorded.push(`${dir}/${f}`);
+      }
+    }
+    assert.ok(recorded.length >= 10, `found ${recorded.length} recorded answers`);
+    for (const rel of recorded) {
+      const model = `fx/${rel.replace(/\.(sse|json)$/, '')}`;
+      if (rel.endsWith('.sse')) {
+        const events = fixtureEvents(rel).map(eventPayload).filter(Boolean);
+        const finish = events.flatMap((j) => (j.choices ?? []).map((c) => c.finish_reason)).filter(Boolean)[0];
+        const names = [];
+        for (const j of events) for (const c of j.choices ?? []) for (const tc of c.delta?.tool_calls ?? []) if (tc.function?.name) names.push(tc.function.name);
+        const msg = await client.messages.stream({ model, max_tokens: 100, messages }).finalMessage();
+        assert.equal(textOf(msg), fixtureText(rel), `${rel}: text`);
+        assert.equal(msg.stop_reason, names.length ? 'tool_use' : STOP_OF[finish], `${rel}: stop_reason`);
+        assert.deepEqual(msg.content.filter((b) => b.type === 'tool_use').map((b) => b.name), names, `${rel}: tool calls`);
+        assert.equal(msg.usage.output_tokens, fixtureUsage(rel).completion_tokens, `${rel}: output tokens`);
+      } else {
+        const j = JSON.parse(fixture(rel));
+        const m = j.choices[0].message;
+        const msg = await client.messages.create({ model, max_tokens: 100, messages });
+        assert.equal(textOf(msg), m.content ?? '', `${rel}: text`);
+        assert.equal(msg.stop_reason, STOP_OF[j.choices[0].finish_reason], `${rel}: stop_reason`);
+        assert.deepEqual(msg.content.filter((b) => b.type === 'tool_use').map((b) => [b.name, b.input]),
+          (m.tool_calls ?? []).map((t) => [t.function.name, JSON.parse(t.function.arguments)]), `${rel}: tool calls`);
+        assert.equal(msg.usage.output_tokens, j.usage.completion_tokens, `${rel}: output tokens`);
+      }
+    }
   });
 
   async function assertLog(id, { upstream, stream, input, output }) {

@@ -13,6 +13,7 @@ import path from 'node:path';
 import OpenAI, { APIError, BadRequestError, RateLimitError, InternalServerError } from 'openai';
 import { startUpstream } from './lib/upstream.mjs';
 import { startGateway, baseConfig, newRequestId, KEY, UPSTREAM_KEY, TLS_DIR } from './lib/gateway.mjs';
+import { FIXTURES } from './lib/paths.mjs';
 import { fixture, fixtureEvents, eventPayload, assertAccessLogShape, assertCleanShutdown } from './lib/expect.mjs';
 import { splitEvents, eventData } from './lib/sse.mjs';
 
@@ -272,6 +273,42 @@ describe('OpenAI caller, Anthropic and Gemini upstreams', () => {
   }
 
   const messages = [{ role: 'user', content: 'Hello!' }];
+
+  it('every recorded Anthropic and Gemini answer, whole and streamed, parses with the OpenAI SDK', T, async () => {
+    const recorded = [];
+    for (const dir of ['anthropic', 'gemini']) {
+      for (const f of fs.readdirSync(path.join(FIXTURES, dir)).sort()) {
+        if (f.endsWith('.wire_crlf.sse') || f.includes('error')) continue; // CRLF: replayed for the LF name
+        if (f.endsWith('.sse') || (f.endsWith('_response.json'))) recorded.push(`${dir}/${f}`);
+      }
+    }
+    assert.ok(recorded.length >= 14, `found ${recorded.length} recorded answers`);
+    for (const rel of recorded) {
+      const stream = rel.endsWith('.sse');
+      const base = rel.replace(/\.(sse|json)$/, '');
+      const model = `${rel.startsWith('anthropic/') ? 'an' : 'ge'}/${base}`;
+      const want = expectOf(rel);
+      if (stream) {
+        const { res } = await create({ model, messages, stream: true, stream_options: { include_usage: true } });
+        const got = await drain(res);
+        assert.equal(got.text, want.text, `${rel}: text`);
+        assert.deepEqual(got.finishes, [want.finish], `${rel}: finish_reason`);
+        assert.equal(got.usageChunks.at(-1)?.usage.prompt_tokens, want.prompt, `${rel}: prompt tokens`);
+        assert.equal(got.usageChunks.at(-1)?.usage.completion_tokens, want.completion, `${rel}: completion tokens`);
+        const names = [];
+        for (const c of got.chunks) for (const tc of c.choices[0]?.delta?.tool_calls ?? []) if (tc.function?.name) names.push(tc.function.name);
+        assert.deepEqual(names, want.calls.map((c) => c.name), `${rel}: tool calls`);
+      } else {
+        const { res } = await create({ model, messages });
+        assert.equal(res.choices[0].message.content ?? '', want.text, `${rel}: text`);
+        assert.equal(res.choices[0].finish_reason, want.finish, `${rel}: finish_reason`);
+        assert.equal(res.usage.prompt_tokens, want.prompt, `${rel}: prompt tokens`);
+        assert.equal(res.usage.completion_tokens, want.completion, `${rel}: completion tokens`);
+        assert.deepEqual((res.choices[0].message.tool_calls ?? []).map((t) => [t.function.name, JSON.parse(t.function.arguments)]),
+          want.calls.map((c) => [c.name, c.input]), `${rel}: tool calls`);
+      }
+    }
+  });
 
   const CASES = [
     { model: 'an/anthropic/messages_response', file: 'anthropic/messages_response.json' },
