@@ -1941,9 +1941,11 @@ static bool oc_key_escaped(const jscan_val *k) { return memchr(k->p, '\\', k->n)
  * after the first chunk, one choice with index 0, a delta of only role /
  * content (/ refusal null), no finish_reason, no usage, no error. It is
  * read with jscan (no DOM) and gives the same events as oc_dec_chunk.
- * 1: handled; 0: not such a chunk (the DOM path decides, errors
- * included); otherwise the callback's value or -ENOMEM/-E2BIG. */
-static int oc_dec_fast(chat_stream *s, const char *p, size_t n, chat_emit_fn emit, void *ud)
+ * True when handled, with the result (0, the callback's value, -E2BIG)
+ * in *rc; false: not such a chunk (the DOM path decides, errors
+ * included). */
+static bool oc_dec_fast(chat_stream *s, const char *p, size_t n, chat_emit_fn emit, void *ud,
+                        int *rc)
 {
     jscan_val root, key, val, choices = {0}, ch, delta = {0}, content = {0};
     jscan_error je;
@@ -1953,70 +1955,73 @@ static int oc_dec_fast(chat_stream *s, const char *p, size_t n, chat_emit_fn emi
     if (!s->started || s->nchoices < 1 ||
         jscan_parse(p, n, OC_FAST_MAX_DEPTH, &root, &je) != 0 || root.type != JSCAN_OBJECT ||
         jscan_iter_init(&it, &root) != 0)
-        return 0;
+        return false;
     while (jscan_obj_next(&it, &key, &val) == 0) {
         if (oc_key_escaped(&key))
-            return 0;
+            return false;
         if (jscan_str_eq(&key, "choices", 7)) {
             if (seen++)
-                return 0;
+                return false;
             choices = val;
         } else if ((jscan_str_eq(&key, "usage", 5) || jscan_str_eq(&key, "error", 5)) &&
                    val.type != JSCAN_NULL) {
-            return 0;
+            return false;
         }
     }
     if (choices.type != JSCAN_ARRAY || jscan_arr_len(&choices, &len) != 0 || len != 1 ||
         jscan_iter_init(&it, &choices) != 0 || jscan_arr_next(&it, &ch) != 0 ||
         ch.type != JSCAN_OBJECT || jscan_iter_init(&it, &ch) != 0)
-        return 0;
+        return false;
     bool index0 = false;
     seen = 0;
     while (jscan_obj_next(&it, &key, &val) == 0) {
         if (oc_key_escaped(&key))
-            return 0;
+            return false;
         if (jscan_str_eq(&key, "index", 5)) {
             if (index0 || val.type != JSCAN_NUMBER || val.n != 1 || val.p[0] != '0')
-                return 0;
+                return false;
             index0 = true;
         } else if (jscan_str_eq(&key, "delta", 5)) {
             if (seen++)
-                return 0;
+                return false;
             delta = val;
         } else if (jscan_str_eq(&key, "finish_reason", 13) && val.type != JSCAN_NULL) {
-            return 0;
+            return false;
         }
     }
     if (!index0 || delta.type != JSCAN_OBJECT || jscan_iter_init(&it, &delta) != 0)
-        return 0;
+        return false;
     seen = 0;
     while (jscan_obj_next(&it, &key, &val) == 0) {
         if (oc_key_escaped(&key))
-            return 0;
+            return false;
         if (jscan_str_eq(&key, "content", 7)) {
             if (seen++ || (val.type != JSCAN_STRING && val.type != JSCAN_NULL))
-                return 0;
+                return false;
             content = val;
         } else if (jscan_str_eq(&key, "role", 4)) {
             if (val.type != JSCAN_STRING)
-                return 0;
+                return false;
         } else if (!(jscan_str_eq(&key, "refusal", 7) && val.type == JSCAN_NULL)) {
-            return 0; /* tool calls, reasoning, anything else */
+            return false; /* tool calls, reasoning, anything else */
         }
     }
+    *rc = 0;
     if (content.type != JSCAN_STRING || content.n <= 2)
-        return 1;
+        return true;
     buf_reset(&s->text);
-    if (buf_reserve(&s->text, content.n) != 0)
-        return -E2BIG;
+    if (buf_reserve(&s->text, content.n) != 0) {
+        *rc = -E2BIG;
+        return true;
+    }
     if (jscan_str_decode(&content, s->text.data, content.n, &len) != 0)
-        return 0;
+        return false;
     if (len == 0)
-        return 1;
+        return true;
     chat_event ev = oc_ev(CHAT_EV_TEXT, 0);
     ev.text = slice_make(s->text.data, len);
-    int rc = emit(ud, &ev);
-    return rc ? rc : 1;
+    *rc = emit(ud, &ev);
+    return true;
 }
 
 /* chat_format.stream_dec_feed: one SSE event of a chat.completion.chunk stream. */
@@ -2031,9 +2036,9 @@ static int oc_stream_dec_feed(chat_stream *s, const sse_event *sev, chat_emit_fn
         s->done = true;
         return emit(ud, &ev);
     }
-    int rc = oc_dec_fast(s, sev->data.p, sev->data.len, emit, ud);
-    if (rc)
-        return rc > 0 ? 0 : rc;
+    int rc;
+    if (oc_dec_fast(s, sev->data.p, sev->data.len, emit, ud, &rc))
+        return rc;
     json_t *root = json_loadb(sev->data.p, sev->data.len, OC_JFLAGS, NULL);
     rc = json_is_object(root) ? oc_dec_chunk(s, root, emit, ud) : -EINVAL;
     json_decref(root);

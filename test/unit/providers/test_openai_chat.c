@@ -214,6 +214,29 @@ static void test_decode_stream_fast_path(void **state)
     chat_response_free(&r.resp);
 }
 
+static int stop_at_text(void *ud, const chat_event *ev)
+{
+    (void)ud;
+    return ev->type == CHAT_EV_TEXT ? 7 : 0;
+}
+
+/* A callback's stop value comes back from the fast path too. */
+static void test_decode_stream_fast_path_stop(void **state)
+{
+    (void)state;
+    static const char first[] = "{\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}";
+    static const char text[] = "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}";
+    chat_stream *s = F->stream_dec_new();
+    sse_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.has_data = true;
+    ev.data = slice_make(first, sizeof first - 1);
+    assert_int_equal(F->stream_dec_feed(s, &ev, stop_at_text, NULL), 0);
+    ev.data = slice_make(text, sizeof text - 1);
+    assert_int_equal(F->stream_dec_feed(s, &ev, stop_at_text, NULL), 7);
+    F->stream_free(s);
+}
+
 /* ------------------------------------------------------------ request decode */
 
 static void test_decode_chat_completion_request(void **state)
@@ -1792,6 +1815,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decode_stream_fast_path),
+        cmocka_unit_test(test_decode_stream_fast_path_stop),
         cmocka_unit_test(test_decode_chat_completion_request),
         cmocka_unit_test(test_decode_tool_call_request),
         cmocka_unit_test(test_decode_stream_request),
