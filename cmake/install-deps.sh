@@ -11,7 +11,7 @@ pkgs=(build-essential cmake pkg-config ca-certificates openssl
       libyaml-dev libpq-dev libpcre2-dev)
 case "$mode" in
   run) ;;
-  test) pkgs+=(libcmocka-dev postgresql clang python3) ;;
+  test) pkgs+=(libcmocka-dev postgresql clang python3 python3-cryptography) ;;
   bench) pkgs+=(libcmocka-dev wrk nginx-light) ;;
   *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac
