@@ -9,4 +9,10 @@
  * error, 2 tokenizer data missing. argv[0] is "tokenize". */
 int cli_tokenize(int argc, char **argv);
 
+/* tollgate keygen
+ * Prints a new random secret-box key (Fernet-compatible: 32 bytes from the
+ * OS, URL-safe base64) for encrypting provider credentials at rest. Exit 0,
+ * or 1 on a usage error or when the OS gives no random bytes. */
+int cli_keygen(int argc, char **argv);
+
 #endif

@@ -4,6 +4,7 @@
  *                                 no file: the embedded demo default)
  *   tollgate check-config FILE    validate a config file, exit 0 or 1
  *   tollgate tokenize ... FILE    token ids or count of a file (cli.h)
+ *   tollgate keygen               a new secret-box key (cli.h)
  *   tollgate --version
  *
  * Signals: SIGTERM/SIGINT drain (a second one stops at once), SIGHUP
@@ -37,11 +38,12 @@ static void usage(FILE *f)
     fprintf(f, "usage: tollgate [--config FILE]\n"
                "       tollgate check-config FILE\n"
                "       tollgate tokenize [--encoding NAME] [--count] [--bench N] FILE\n"
+               "       tollgate keygen\n"
                "       tollgate --version\n"
                "Runs the tollgate LLM gateway. Without a config file (or TOLLGATE_CONFIG) it\n"
                "starts on an embedded demo default: the mock provider, plus any provider\n"
-               "whose key is in the environment (OPENAI_API_KEY, FIREWORKS_API_KEY,\n"
-               "OPENROUTER_API_KEY, TOGETHER_API_KEY).\n");
+               "whose key is in the environment (OPENAI_API_KEY, ANTHROPIC_API_KEY,\n"
+               "GEMINI_API_KEY, FIREWORKS_API_KEY, OPENROUTER_API_KEY, TOGETHER_API_KEY).\n");
 }
 
 static void apply_logging(const config *cfg)
@@ -221,6 +223,8 @@ int main(int argc, char **argv)
             return 0;
         } else if (i == 1 && strcmp(argv[i], "tokenize") == 0) {
             return cli_tokenize(argc - 1, argv + 1);
+        } else if (i == 1 && strcmp(argv[i], "keygen") == 0) {
+            return cli_keygen(argc - 1, argv + 1);
         } else if (strcmp(argv[i], "check-config") == 0) {
             if (i + 1 >= argc) {
                 usage(stderr);

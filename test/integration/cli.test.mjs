@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { runTollgate, startGateway, baseConfig, toYaml, REPO } from './lib/gateway.mjs';
 
 const T = { timeout: 15000 };
@@ -23,6 +24,27 @@ describe('tollgate command line', () => {
     const r = await runTollgate(['--version']);
     assert.equal(r.code, 0, r.stderr);
     assert.ok(`${r.stdout}${r.stderr}`.includes(version), `output mentions ${version}: ${r.stdout}${r.stderr}`);
+  });
+
+  it('keygen prints a fresh Fernet key that python3-cryptography accepts', T, async () => {
+    const keys = [];
+    for (let i = 0; i < 2; i++) {
+      const r = await runTollgate(['keygen']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /^[A-Za-z0-9_-]{43}=\n$/);
+      keys.push(r.stdout.trim());
+    }
+    assert.notEqual(keys[0], keys[1]);
+    assert.equal(Buffer.from(keys[0], 'base64url').length, 32);
+    // Debian's interpreter: install-deps puts python3-cryptography there
+    const py = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+    const out = execFileSync(py, ['-c',
+      'import sys; from cryptography.fernet import Fernet; f = Fernet(sys.argv[1].encode()); print(f.decrypt(f.encrypt(b"ok")).decode())',
+      keys[0]]).toString().trim();
+    assert.equal(out, 'ok');
+    const bad = await runTollgate(['keygen', 'extra']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /usage: tollgate keygen/);
   });
 
   it('check-config accepts the reference config', T, async () => {
