@@ -18,6 +18,7 @@
 #include "providers/chat.h"
 #include "providers/jscan.h"
 #include "providers/sse.h"
+#include "chat_test.h"
 
 #define FIX TG_FIXTURES "/providers/anthropic/"
 #define F (&chat_format_anthropic)
@@ -25,25 +26,7 @@
 
 /* ------------------------------------------------------------ helpers */
 
-static char *read_fixture(const char *name, size_t *len)
-{
-    char path[1024];
-    assert_true(snprintf(path, sizeof path, "%s%s", FIX, name) < (int)sizeof path);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        fail_msg("cannot open %s", path);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    long sz = ftell(f);
-    assert_true(sz >= 0);
-    rewind(f);
-    char *p = malloc((size_t)sz + 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)sz, f), (size_t)sz);
-    p[sz] = '\0';
-    fclose(f);
-    *len = (size_t)sz;
-    return p;
-}
+static char *read_fixture(const char *name, size_t *len) { return chat_test_read(FIX, name, len); }
 
 static json_t *load(const char *p, size_t n)
 {
@@ -266,40 +249,11 @@ static void assert_usage(chat_usage u, int64_t in, int64_t out, int64_t cr, int6
     assert_int_equal(u.cache_write, cw);
 }
 
-/* Feeds SSE bytes to a decoder, event by event, in chunks of step bytes
- * (0 = all at once). Returns the first non-zero feed result (or finish's). */
-typedef struct dec_run {
-    chat_stream *s;
-    chat_emit_fn emit;
-    void *ud;
-    int rc;
-} dec_run;
-
-static int dec_on_sse(const sse_event *ev, void *ud)
-{
-    dec_run *d = ud;
-    return F->stream_dec_feed(d->s, ev, d->emit, d->ud);
-}
-
+/* Feeds SSE bytes to the decoder in chunks of step bytes (0 = all at
+ * once). Returns the first non-zero feed result (or finish's). */
 static int decode_sse(const char *p, size_t n, size_t step, chat_emit_fn emit, void *ud)
 {
-    dec_run d = {F->stream_dec_new(), emit, ud, 0};
-    assert_non_null(d.s);
-    sse_parser sp;
-    assert_int_equal(sse_parser_init(&sp, 1 << 20, dec_on_sse, &d), 0);
-    int rc = 0;
-    for (size_t pos = 0; pos < n && !rc;) {
-        size_t k = step && n - pos > step ? step : n - pos;
-        rc = sse_parser_feed(&sp, p + pos, k);
-        pos += k;
-    }
-    if (!rc)
-        rc = sse_parser_finish(&sp);
-    if (!rc)
-        rc = F->stream_dec_finish(d.s, emit, ud);
-    sse_parser_free(&sp);
-    F->stream_free(d.s);
-    return rc;
+    return chat_test_decode_sse(F, p, n, step, emit, ud);
 }
 
 static void decode_sse_fixture(const char *name, rec *r)

@@ -19,6 +19,7 @@
 #include "daemon/base/buf.h"
 #include "providers/chat.h"
 #include "providers/sse.h"
+#include "chat_test.h"
 
 #define FIX TG_FIXTURES "/providers/gemini/"
 #define G (&chat_format_gemini)
@@ -27,25 +28,7 @@ static const char SIG_PREFIX[] = "EpwICpkIAXLI2nxlU6gsWZaZHRYkX1orzuM8vSUFwaAt1J
 
 /* ------------------------------------------------------------ helpers */
 
-static char *read_fixture(const char *rel, size_t *len)
-{
-    char path[1024];
-    assert_true(snprintf(path, sizeof(path), "%s%s", FIX, rel) < (int)sizeof(path));
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        fail_msg("cannot open %s", path);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    long sz = ftell(f);
-    assert_true(sz >= 0);
-    rewind(f);
-    char *p = malloc((size_t)sz + 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)sz, f), (size_t)sz);
-    p[sz] = '\0';
-    fclose(f);
-    *len = (size_t)sz;
-    return p;
-}
+static char *read_fixture(const char *rel, size_t *len) { return chat_test_read(FIX, rel, len); }
 
 /* Decodes fixture rel into r (must succeed). */
 static void decode_fixture(const char *rel, chat_request *r)
@@ -213,38 +196,10 @@ static int log_emit(void *ud, const chat_event *ev)
     return chat_response_collect(&l->resp, ev);
 }
 
-typedef struct sse_ctx {
-    chat_stream *dec;
-    evlog *log;
-    int rc;
-} sse_ctx;
-
-static int on_sse(const sse_event *ev, void *ud)
-{
-    sse_ctx *c = ud;
-    return G->stream_dec_feed(c->dec, ev, log_emit, c->log);
-}
-
 /* Stream-decodes n bytes fed in pieces of step bytes (0 = at once). */
 static int stream_decode(const char *s, size_t n, size_t step, evlog *l)
 {
-    sse_ctx c = {G->stream_dec_new(), l, 0};
-    sse_parser p;
-    assert_non_null(c.dec);
-    assert_int_equal(sse_parser_init(&p, 1 << 20, on_sse, &c), 0);
-    int rc = 0;
-    for (size_t pos = 0; pos < n && !rc;) {
-        size_t k = step && n - pos > step ? step : n - pos;
-        rc = sse_parser_feed(&p, s + pos, k);
-        pos += k;
-    }
-    if (!rc)
-        rc = sse_parser_finish(&p);
-    if (!rc)
-        rc = G->stream_dec_finish(c.dec, log_emit, l);
-    sse_parser_free(&p);
-    G->stream_free(c.dec);
-    return rc;
+    return chat_test_decode_sse(G, s, n, step, log_emit, l);
 }
 
 static void stream_decode_fixture(const char *rel, evlog *l)

@@ -17,6 +17,7 @@
 #include "daemon/base/buf.h"
 #include "providers/chat.h"
 #include "providers/sse.h"
+#include "chat_test.h"
 
 #define FIX TG_FIXTURES "/providers/"
 
@@ -24,25 +25,7 @@ static const chat_format *F = &chat_format_openai;
 
 /* ------------------------------------------------------------ helpers */
 
-static char *read_fixture(const char *rel, size_t *len)
-{
-    char path[1024];
-    assert_true(snprintf(path, sizeof(path), "%s%s", FIX, rel) < (int)sizeof(path));
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        fail_msg("cannot open %s", path);
-    assert_int_equal(fseek(f, 0, SEEK_END), 0);
-    long sz = ftell(f);
-    assert_true(sz >= 0);
-    rewind(f);
-    char *p = malloc((size_t)sz + 1);
-    assert_non_null(p);
-    assert_int_equal(fread(p, 1, (size_t)sz, f), (size_t)sz);
-    p[sz] = '\0';
-    fclose(f);
-    *len = (size_t)sz;
-    return p;
-}
+static char *read_fixture(const char *rel, size_t *len) { return chat_test_read(FIX, rel, len); }
 
 /* Decodes a request body; returns rc, r initialised (free it). */
 static int decode(const char *body, chat_request *r, chat_error *err)
@@ -148,34 +131,10 @@ static void squeeze(const rec *r, char *out, size_t cap)
     out[o] = '\0';
 }
 
-typedef struct feed_ctx {
-    chat_stream *s;
-    rec *r;
-    int rc;
-} feed_ctx;
-
-static int on_sse(const sse_event *ev, void *ud)
-{
-    feed_ctx *c = ud;
-    c->rc = F->stream_dec_feed(c->s, ev, rec_emit, c->r);
-    return c->rc;
-}
-
 /* Parses an SSE body through the decoder; returns the first error or finish's rc. */
 static int decode_stream(const char *body, size_t n, rec *r)
 {
-    sse_parser p;
-    feed_ctx c = {F->stream_dec_new(), r, 0};
-    assert_non_null(c.s);
-    assert_int_equal(sse_parser_init(&p, 1 << 20, on_sse, &c), 0);
-    int rc = sse_parser_feed(&p, body, n);
-    if (!rc)
-        rc = sse_parser_finish(&p);
-    if (!rc)
-        rc = F->stream_dec_finish(c.s, rec_emit, r);
-    sse_parser_free(&p);
-    F->stream_free(c.s);
-    return rc;
+    return chat_test_decode_sse(F, body, n, 0, rec_emit, r);
 }
 
 static int decode_stream_fixture(const char *rel, rec *r)
