@@ -728,12 +728,12 @@ static void call_stream_finish(call *c)
 /* A whole decoded answer (status 200): meters it and, translating,
  * re-encodes it for the caller into *out. 0, or -1 when the body does
  * not decode (*why says so). */
-static int call_whole_answer(call *c, buf *out, const char **why)
+static int call_whole_answer(call *c, const buf *body, buf *out, const char **why)
 {
     chat_response r;
     chat_response_init(&r);
     c->resp_acc = c->translate ? &r : NULL;
-    int rc = c->fup->resp_decode(c->resp.data ? c->resp.data : "", c->resp.len, call_emit_collect, c);
+    int rc = c->fup->resp_decode(body->data ? body->data : "", body->len, call_emit_collect, c);
     c->resp_acc = NULL;
     if (rc) {
         *why = "upstream sent a response that does not decode";
@@ -830,10 +830,7 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
         buf out;
         buf_init(&out, GW_MAX_RESPONSE_BYTES);
         const char *why = NULL;
-        c->resp = body; /* call_whole_answer reads c->resp */
-        int rc = call_whole_answer(c, &out, &why);
-        body = c->resp;
-        buf_init(&c->resp, 0);
+        int rc = call_whole_answer(c, &body, &out, &why);
         if (rc) {
             buf_free(&out);
             buf_free(&body);
