@@ -164,6 +164,20 @@ static const struct cfg__setting cfg__top[] = {
     {"timeouts.drain", CFG_MS, TOP(drain_timeout_ms), "30s", 1, CFG_DAY_MS, 0},
     {"tokenizer_dir", CFG_STR, TOP(tokenizer_dir), NULL, 0, 1024, CFG_RESTART},
     {"prices_file", CFG_STR, TOP(prices_file), NULL, 0, 4096, CFG_RESTART},
+    {"database.url", CFG_STR, TOP(database.url), NULL, 0, 4096, CFG_RESTART | CFG_SECRET},
+    {"database.pool_size", CFG_U32, TOP(database.pool_size), "4", 1, 256, CFG_RESTART},
+    {"database.connect_timeout", CFG_MS, TOP(database.connect_timeout_ms), "5s", 100, 600000,
+     CFG_RESTART},
+    {"database.statement_timeout", CFG_MS, TOP(database.statement_timeout_ms), "5s", 10, 3600000,
+     CFG_RESTART},
+    {"database.cache_refresh", CFG_MS, TOP(database.cache_refresh_ms), "60s", 1000, CFG_DAY_MS,
+     0},
+    {"secrets.keys", CFG_STR, TOP(secrets_keys_text), NULL, 0, 1024, CFG_SECRET},
+    {"secrets.passphrase", CFG_STR, TOP(secrets_pass_text), NULL, 0, 1024, CFG_SECRET},
+    {"secrets.salt", CFG_STR, TOP(secrets_salt_text), NULL, 0, 1024, 0},
+    {"secrets.iterations", CFG_U32, TOP(secrets_iterations), "600000", FERNET_PBKDF2_MIN_ITER,
+     100000000, 0},
+    {"admin.master_key", CFG_STR, TOP(master_key_text), NULL, 0, 256, CFG_SECRET},
 };
 static const char *const cfg__top_extra[] = {"providers", "models", "keys"};
 
@@ -1782,6 +1796,77 @@ out_free:
 }
 
 /* The whole document (root may be NULL: an empty file). */
+/* Wipes and forgets a secret's text form kept in the arena. */
+static void ld__forget(const char **text)
+{
+    if (*text)
+        explicit_bzero((char *)*text, strlen(*text));
+    *text = NULL;
+}
+
+/* secrets.* into cfg->secrets, admin.master_key into its digest; the text
+ * forms are wiped whatever happens. */
+static int ld__secrets(struct ld *ld, config *cfg, const struct ld__map *m)
+{
+    const char *s = cfg->secrets_keys_text;
+    int rc = 0;
+
+    while (s && *s && rc == 0) {
+        const char *e = strchr(s, ',');
+        size_t n = e ? (size_t)(e - s) : strlen(s);
+        uint8_t key[FERNET_KEY_LEN];
+        while (n && (*s == ' ' || *s == '\t'))
+            s++, n--;
+        while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+            n--;
+        if (n && fernet_key_decode(s, n, key) != 0)
+            rc = ld__fail_setting(ld, m, "secrets.keys",
+                                  "key %zu is not a key made by 'tollgate keygen' (44 characters "
+                                  "of URL-safe base64)",
+                                  cfg->secrets.n + 1);
+        else if (n && fernet_keyring_add(&cfg->secrets, key) != 0)
+            rc = ld__fail_setting(ld, m, "secrets.keys", "more than %d keys", FERNET_MAX_KEYS);
+        explicit_bzero(key, sizeof(key));
+        s = e ? e + 1 : NULL;
+    }
+    if (rc == 0 && cfg->secrets_pass_text) {
+        uint8_t key[FERNET_KEY_LEN];
+        const char *salt = cfg->secrets_salt_text;
+        if (!salt || strlen(salt) < FERNET_SALT_MIN_LEN)
+            rc = ld__fail_setting(ld, m, "secrets.salt",
+                                  "a passphrase needs a salt of at least %d characters (random, "
+                                  "kept with the config; changing it changes the key)",
+                                  FERNET_SALT_MIN_LEN);
+        else if (fernet_key_derive(cfg->secrets_pass_text, strlen(cfg->secrets_pass_text),
+                                   (const uint8_t *)salt, strlen(salt), cfg->secrets_iterations,
+                                   key) != 0)
+            rc = ld__fail_setting(ld, m, "secrets.passphrase", "cannot derive a key from it");
+        else if (fernet_keyring_add(&cfg->secrets, key) != 0)
+            rc = ld__fail_setting(ld, m, "secrets.passphrase", "more than %d keys",
+                                  FERNET_MAX_KEYS);
+        explicit_bzero(key, sizeof(key));
+    } else if (rc == 0 && cfg->secrets_salt_text) {
+        rc = ld__fail_setting(ld, m, "secrets.salt", "given without secrets.passphrase");
+    }
+    if (rc == 0 && cfg->master_key_text) {
+        if (strlen(cfg->master_key_text) < CONFIG_KEY_MIN_LEN)
+            rc = ld__fail_setting(ld, m, "admin.master_key",
+                                  "shorter than %d characters (use at least 128 random bits)",
+                                  CONFIG_KEY_MIN_LEN);
+        else {
+            crypto_sha256(cfg->master_key_text, strlen(cfg->master_key_text),
+                          cfg->master_key_sha256);
+            cfg->has_master_key = true;
+        }
+    }
+    ld__forget(&cfg->secrets_keys_text);
+    ld__forget(&cfg->secrets_pass_text);
+    ld__forget(&cfg->master_key_text);
+    if (rc)
+        fernet_keyring_wipe(&cfg->secrets);
+    return rc;
+}
+
 static int ld__config(struct ld *ld, config *cfg, const yaml_node_t *root)
 {
     struct ld__map m = {
@@ -1799,6 +1884,8 @@ static int ld__config(struct ld *ld, config *cfg, const yaml_node_t *root)
     if (root && (rc = ld__visit(ld, root)) != 0)
         return rc;
     rc = ld__read_map(ld, root, &m);
+    if (rc == 0)
+        rc = ld__secrets(ld, cfg, &m);
     if (rc)
         return rc;
     mark = ld__push(ld, "providers", 9);
@@ -2045,6 +2132,17 @@ static const struct {
     {"TOGETHER_API_KEY", "together", "  - {name: \"together/*\", provider: together}\n"},
 };
 
+/* Settings config_default() takes from the environment when set. */
+static const struct {
+    const char *env;   /* variable */
+    const char *group; /* top-level mapping */
+    const char *key;   /* key inside it */
+} cfg__default_env[] = {
+    {"TOLLGATE_DATABASE_URL", "database", "url"},
+    {"TOLLGATE_SECRET_KEYS", "secrets", "keys"},
+    {"TOLLGATE_MASTER_KEY", "admin", "master_key"},
+};
+
 static bool cfg__env_set(config_getenv_fn getenv_fn, const char *name)
 {
     const char *v = getenv_fn ? getenv_fn(name) : NULL;
@@ -2096,6 +2194,10 @@ int config_default(config_getenv_fn getenv_fn, config **out, char *demo_key, siz
                              "  - {name: mock, type: mock}\n"
                              "  - {name: mock-anthropic, type: mock, mock: {format: anthropic}}\n"
                              "  - {name: mock-gemini, type: mock, mock: {format: gemini}}\n");
+    for (size_t i = 0; i < CFG_ARRAY_LEN(cfg__default_env); i++)
+        if (cfg__env_set(getenv_fn, cfg__default_env[i].env))
+            rc |= buf_printf(&y, "%s: {%s: \"${%s}\"}\n", cfg__default_env[i].group,
+                             cfg__default_env[i].key, cfg__default_env[i].env);
     for (size_t i = 0; i < CFG_ARRAY_LEN(cfg__default_providers); i++) {
         have[i] = cfg__env_set(getenv_fn, cfg__default_providers[i].env);
         if (have[i])
@@ -2159,11 +2261,19 @@ const char *config_restart_only_change(const config *old, const config *newc)
 const config_key *config_find_key(const config *cfg, const char *presented, size_t len)
 {
     uint8_t d[CRYPTO_SHA256_LEN];
-    size_t i;
 
     if (!cfg->key_index)
         return NULL;
     crypto_sha256(presented, len, d);
+    return config_find_key_digest(cfg, d);
+}
+
+const config_key *config_find_key_digest(const config *cfg, const uint8_t d[CRYPTO_SHA256_LEN])
+{
+    size_t i;
+
+    if (!cfg->key_index)
+        return NULL;
     for (i = cfg__key_home(d, cfg->key_mask); cfg->key_index[i]; i = (i + 1) & cfg->key_mask) {
         const config_key *k = &cfg->keys[cfg->key_index[i] - 1];
         if (crypto_equal(k->sha256, d, CRYPTO_SHA256_LEN))

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "crypto/crypto.h"
+#include "crypto/fernet.h"
 #include "daemon/base/buf.h"
 #include "providers/mock.h"
 
@@ -154,6 +155,25 @@ typedef struct config {
     uint32_t body_timeout_ms;   /* timeouts.body: reading the request body */
     uint32_t idle_timeout_ms;   /* timeouts.idle: keep-alive idle */
     uint32_t drain_timeout_ms;  /* timeouts.drain: SIGTERM drain deadline */
+    struct {
+        const char *url;               /* database.url: libpq conninfo or URI; NULL = DB-less */
+        uint32_t pool_size;            /* database.pool_size: query connections per worker */
+        uint32_t connect_timeout_ms;   /* database.connect_timeout */
+        uint32_t statement_timeout_ms; /* database.statement_timeout */
+        uint32_t cache_refresh_ms;     /* database.cache_refresh: full cache reload (safety net) */
+    } database;
+    /* secrets.keys (comma-separated Fernet keys, newest first) and/or
+     * secrets.passphrase + secrets.salt (+ secrets.iterations): the key
+     * ring for provider credentials at rest. n == 0: none configured. The
+     * text forms are wiped while loading. */
+    fernet_keyring secrets;
+    bool has_master_key;                          /* admin.master_key given */
+    uint8_t master_key_sha256[CRYPTO_SHA256_LEN]; /* its SHA-256; the plaintext is not kept */
+    const char *secrets_keys_text;   /* private: wiped after loading */
+    const char *secrets_pass_text;   /* private: wiped after loading */
+    const char *secrets_salt_text;   /* private: wiped after loading */
+    uint32_t secrets_iterations;     /* private: PBKDF2 iterations for the passphrase */
+    const char *master_key_text;     /* private: wiped after loading */
     const config_provider *providers; /* providers in file order */
     size_t nproviders;                /* number of providers */
     const config_model *models;       /* model aliases in file order */
@@ -196,6 +216,8 @@ int config_load_file(const char *path, config **out, char *err, size_t errlen) C
  * with alias "demo": TOLLGATE_DEMO_KEY if set, else "tg-demo-" + 32 random
  * hex chars. The plaintext key is copied into demo_key (demo_key_size >=
  * CONFIG_DEMO_KEY_MAX always suffices) so main() can print it once.
+ * TOLLGATE_DATABASE_URL, TOLLGATE_SECRET_KEYS and TOLLGATE_MASTER_KEY, when
+ * set, become database.url, secrets.keys and admin.master_key.
  * Built as a YAML string and loaded by config_load_string(). */
 int config_default(config_getenv_fn getenv_fn, config **out, char *demo_key, size_t demo_key_size,
                    char *err, size_t errlen) CONFIG_MUSTCHECK;
@@ -213,6 +235,9 @@ const char *config_restart_only_change(const config *old, const config *newc);
 /* The key whose SHA-256 digest equals that of the presented bytes, or
  * NULL. Compares digests in constant time; O(1); allocates nothing. */
 const config_key *config_find_key(const config *cfg, const char *presented, size_t len);
+
+/* The key whose digest is sha256 (constant-time compare), or NULL. */
+const config_key *config_find_key_digest(const config *cfg, const uint8_t sha256[CRYPTO_SHA256_LEN]);
 
 /* Resolves a model alias: an exact alias first, else the wildcard alias
  * with the longest matching prefix (the name must be longer than the

@@ -393,7 +393,7 @@ static void test_errors_top_level(void **state)
     (void)state;
     fake_env = NULL;
     expect_error("listen: 127.0.0.1:8080\nlistn: x\n", "t.yaml:2: listn: unknown key",
-                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, providers", NULL);
+                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, database, secrets, admin, providers", NULL);
     expect_error("log:\n  level: info\n  colour: true\n", "t.yaml:3: log.colour: unknown key",
                  "level, access", NULL);
     expect_error("timeouts.header: 5s\n", "t.yaml:1:", "unknown key", NULL);
@@ -1191,6 +1191,110 @@ static void test_refcount(void **state)
     config_unref(NULL);
 }
 
+/* database.*, secrets.* and admin.master_key: defaults, parsing into a
+ * key ring and a digest, errors, and no plaintext kept. */
+static void test_database_and_secrets(void **state)
+{
+    (void)state;
+    static const char k1[] = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=";
+    static const char k2[] = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktISE=";
+    uint8_t raw1[FERNET_KEY_LEN], raw2[FERNET_KEY_LEN];
+    assert_int_equal(fernet_key_decode(k1, strlen(k1), raw1), 0);
+    assert_int_equal(fernet_key_decode(k2, strlen(k2), raw2), 0);
+
+    config *cfg = load_ok("listen: 127.0.0.1:1\n");
+    assert_null(cfg->database.url);
+    assert_int_equal(cfg->database.pool_size, 4);
+    assert_int_equal(cfg->database.connect_timeout_ms, 5000);
+    assert_int_equal(cfg->database.statement_timeout_ms, 5000);
+    assert_int_equal(cfg->database.cache_refresh_ms, 60000);
+    assert_int_equal(cfg->secrets.n, 0);
+    assert_false(cfg->has_master_key);
+    config_unref(cfg);
+
+    char y[1024];
+    snprintf(y, sizeof(y),
+             "database: {url: \"postgres://u:pw-secret@db/x\", pool_size: 8, connect_timeout: 2s,"
+             " statement_timeout: 250ms, cache_refresh: 5s}\n"
+             "secrets: {keys: \" %s , %s \"}\n"
+             "admin: {master_key: \"master-key-0123456789abcdef\"}\n",
+             k1, k2);
+    cfg = load_ok(y);
+    assert_string_equal(cfg->database.url, "postgres://u:pw-secret@db/x");
+    assert_int_equal(cfg->database.pool_size, 8);
+    assert_int_equal(cfg->database.connect_timeout_ms, 2000);
+    assert_int_equal(cfg->database.statement_timeout_ms, 250);
+    assert_int_equal(cfg->database.cache_refresh_ms, 5000);
+    assert_int_equal(cfg->secrets.n, 2);
+    assert_memory_equal(cfg->secrets.keys[0], raw1, FERNET_KEY_LEN); /* order kept: first encrypts */
+    assert_memory_equal(cfg->secrets.keys[1], raw2, FERNET_KEY_LEN);
+    assert_true(cfg->has_master_key);
+    assert_memory_equal(cfg->master_key_sha256, sha("master-key-0123456789abcdef"),
+                        CRYPTO_SHA256_LEN);
+    /* the text forms are gone */
+    assert_null(cfg->secrets_keys_text);
+    assert_null(cfg->master_key_text);
+    assert_false(config__contains_bytes(cfg, "master-key-0123456789abcdef", 27));
+    assert_false(config__contains_bytes(cfg, k1, strlen(k1)));
+    config_unref(cfg);
+
+    /* a passphrase adds a derived key after the listed ones */
+    snprintf(y, sizeof(y),
+             "secrets: {keys: \"%s\", passphrase: \"correct horse battery\","
+             " salt: \"0123456789abcdef\", iterations: 100000}\n",
+             k1);
+    cfg = load_ok(y);
+    assert_int_equal(cfg->secrets.n, 2);
+    uint8_t derived[FERNET_KEY_LEN];
+    assert_int_equal(fernet_key_derive("correct horse battery", 21,
+                                       (const uint8_t *)"0123456789abcdef", 16, 100000, derived),
+                     0);
+    assert_memory_equal(cfg->secrets.keys[1], derived, FERNET_KEY_LEN);
+    assert_null(cfg->secrets_pass_text);
+    assert_false(config__contains_bytes(cfg, "correct horse battery", 21));
+    config_unref(cfg);
+
+    /* errors name the setting and never quote the secret */
+    char err[512];
+    const char *bad = "secrets: {keys: \"not-a-key-at-all\"}\n";
+    config *c2 = NULL;
+    assert_int_equal(config_load_string(bad, strlen(bad), "t.yaml", NULL, &c2, err, sizeof(err)),
+                     -EINVAL);
+    assert_non_null(strstr(err, "t.yaml:1: secrets.keys: key 1 is not a key made by 'tollgate keygen'"));
+    assert_null(strstr(err, "not-a-key-at-all"));
+    snprintf(y, sizeof(y), "secrets: {keys: \"%s,%s,%s,%s,%s,%s,%s,%s,%s\"}\n", k1, k1, k1, k1,
+             k1, k1, k1, k1, k2);
+    expect_error(y, "secrets.keys: more than 8 keys", NULL, NULL);
+    expect_error("secrets: {passphrase: \"pw-secret-words\"}\n",
+                 "secrets.salt: a passphrase needs a salt of at least 16 characters", NULL, NULL);
+    expect_error("secrets: {passphrase: \"pw\", salt: short}\n", "secrets.salt", NULL, NULL);
+    expect_error("secrets: {salt: \"0123456789abcdef\"}\n",
+                 "secrets.salt: given without secrets.passphrase", NULL, NULL);
+    expect_error("secrets: {passphrase: x, salt: \"0123456789abcdef\", iterations: 1000}\n",
+                 "secrets.iterations: must be from 100000", NULL, NULL);
+    expect_error("admin: {master_key: short-key}\n",
+                 "admin.master_key: shorter than 20 characters", NULL, NULL);
+    bad = "admin: {master_key: short-secret}\n";
+    assert_int_equal(config_load_string(bad, strlen(bad), "t.yaml", NULL, &c2, err, sizeof(err)),
+                     -EINVAL);
+    assert_null(strstr(err, "short-secret"));
+    expect_error("database: {pool_size: 0}\n", "database.pool_size: must be from 1 to 256", NULL,
+                 NULL);
+    expect_error("database: {cache_refresh: 10ms}\n", "database.cache_refresh", NULL, NULL);
+    expect_error("database: {uri: x}\n", "database.uri: unknown key", NULL, NULL);
+
+    /* database.url needs a restart; secrets and the master key do not */
+    config *a = load_ok("database: {url: \"host=a\"}\n");
+    config *b = load_ok("database: {url: \"host=b\"}\n");
+    assert_string_equal(config_restart_only_change(a, b), "database.url");
+    config_unref(b);
+    snprintf(y, sizeof(y), "database: {url: \"host=a\"}\nsecrets: {keys: \"%s\"}\n", k2);
+    b = load_ok(y);
+    assert_null(config_restart_only_change(a, b));
+    config_unref(a);
+    config_unref(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1211,6 +1315,7 @@ int main(void)
         cmocka_unit_test(test_restart_only_change),
         cmocka_unit_test(test_model_prices),
         cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_database_and_secrets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
