@@ -12,10 +12,13 @@
 #include "billing/meter.h"
 #include "billing/money.h"
 #include "billing/prices.h"
+#include "billing/tenants.h"
 #include "daemon/base/clock.h"
+#include "daemon/admin.h"
 #include "daemon/base/log.h"
 #include "daemon/http_server.h"
 #include "daemon/httpc.h"
+#include "daemon/store.h"
 #include "daemon/tls.h"
 #include "daemon/version.h"
 #include "providers/chat.h"
@@ -54,9 +57,32 @@ struct gateway {
     tok_set toks;             /* tokenizer encodings (may be empty: estimates) */
     tok_work *work;           /* the loop's tokenizer scratch */
     price_table *prices;      /* provider price catalog, NULL when none loaded */
+    store *store;             /* PostgreSQL state and the tenancy cache; NULL in DB-less mode */
+    void (*fatal)(void *ud, const char *msg); /* the daemon cannot go on (schema mismatch) */
+    void *fatal_ud;
     uint64_t inflight;        /* requests being answered */
     bool closing;             /* gateway_close called */
+    bool failed;              /* gateway_new could not set up (gateway_start refuses) */
 };
+
+/* Who is calling: a key of the config file, or a key from the database
+ * (with its team; references held while the call lives). */
+typedef struct caller {
+    const char *alias;                 /* for logs */
+    uint8_t sha256[CRYPTO_SHA256_LEN]; /* rate-limit buckets */
+    uint32_t rpm;                      /* requests per minute, 0 = unlimited */
+    const config_key *ckey;            /* a config key, or NULL */
+    const tn_key *key;                 /* a database key (own reference), or NULL */
+    const tn_team *team;               /* its team (own reference), or NULL */
+} caller;
+
+static void caller_release(caller *who)
+{
+    tn_unref((tn_entry *)who->key);
+    tn_unref((tn_entry *)who->team);
+    who->key = NULL;
+    who->team = NULL;
+}
 
 enum call_phase {
     CALL_UPSTREAM,  /* waiting for the upstream's status line */
@@ -70,9 +96,14 @@ typedef struct call {
     gateway *gw;                   /* owner */
     http_req *req;                 /* the client request (NULL once finished/aborted) */
     const config *cfg;             /* config it started with (own reference) */
-    const config_key *key;         /* the caller's key */
+    caller who;                    /* the caller's key */
+    const caller *key;             /* &who */
+    const char *credential;        /* whose provider credential: config, org, team, key */
     const config_provider *prov;   /* where it goes */
-    const config_model *model;     /* the alias it resolved to */
+    const config_model *model;     /* the alias it resolved to (&model_own) */
+    config_model model_own;        /* a copy: config aliases and database ones alike */
+    const char *api_key;           /* the provider credential to send (see pick_credential) */
+    tn_entry *secret;              /* the cache entry api_key lives in (own reference), or NULL */
     enum call_phase phase;         /* where it is */
     openai_req_info info;          /* what the body asked for */
     char provider_model[256];      /* the provider's model name */
@@ -214,6 +245,8 @@ static void call_free(call *c)
         free(c->resp_acc);
     }
     chat_request_free(&c->creq);
+    caller_release(&c->who);
+    tn_unref(c->secret);
     config_unref(c->cfg);
     c->gw->inflight--;
     free(c);
@@ -310,7 +343,16 @@ static void call_log(call *c)
     if (!rc)
         rc = buf_append_json_escaped(&b, req->path.p, req->path.len);
     if (!rc)
-        rc = buf_printf(&b, "\",\"key_alias\":\"%s\",\"model\":\"", c->key->alias);
+        rc = buf_append_str(&b, "\",\"key_alias\":\"");
+    if (!rc)
+        rc = buf_append_json_escaped(&b, c->key->alias, strlen(c->key->alias));
+    if (!rc && c->who.key)
+        rc = buf_printf(&b, "\",\"key_id\":\"%s\",\"team_id\":\"%s\",\"org_id\":\"%s",
+                        c->who.key->e.id.s, c->who.key->team_id.s,
+                        c->who.team ? c->who.team->org_id.s : "");
+    if (!rc)
+        rc = buf_printf(&b, "\",\"credential\":\"%s\",\"model\":\"",
+                        c->credential ? c->credential : "config");
     if (!rc)
         rc = buf_append_json_escaped(&b, c->info.model, strlen(c->info.model));
     if (!rc)
@@ -891,22 +933,177 @@ static const upstream_callbacks call_callbacks = {
 
 /* ------------------------------------------------------------ admission */
 
-static const config_key *authenticate(const config *cfg, http_req *req)
+/* The key the request presents (Authorization: Bearer, or x-api-key). */
+static slice presented_key(http_req *req)
 {
     slice a = http_req_header(req, "authorization");
     if (a.len > 7 && strncasecmp(a.p, "bearer ", 7) == 0) {
-        const char *k = a.p + 7;
-        size_t n = a.len - 7;
-        while (n && *k == ' ') {
-            k++;
-            n--;
+        slice k = {a.p + 7, a.len - 7};
+        while (k.len && *k.p == ' ') {
+            k.p++;
+            k.len--;
         }
-        return n ? config_find_key(cfg, k, n) : NULL;
+        return k;
     }
-    slice x = http_req_header(req, "x-api-key");
-    if (x.len)
-        return config_find_key(cfg, x.p, x.len);
-    return NULL;
+    return http_req_header(req, "x-api-key");
+}
+
+static bool has_credentials(http_req *req);
+
+/* Finds the caller's key: the config's keys first, then the database's
+ * (cache). On failure answers the request in fin's format (401 unknown,
+ * blocked or expired key; 403 suspended team; 503 while the key cache is
+ * not loaded) and returns false. On success the caller holds references
+ * the request must release (caller_release). */
+static bool authenticate(gateway *gw, http_req *req, const chat_format *fin, caller *who)
+{
+    slice k = presented_key(req);
+    bool anth = fin && fin->id == CHAT_FMT_ANTHROPIC;
+    memset(who, 0, sizeof(*who));
+    if (k.len) {
+        crypto_sha256(k.p, k.len, who->sha256);
+        const config_key *ck = config_find_key_digest(gw->cfg, who->sha256);
+        if (ck) {
+            who->ckey = ck;
+            who->alias = ck->alias;
+            who->rpm = ck->rpm;
+            return true;
+        }
+    }
+    if (k.len && gw->store) {
+        tenants *tc = store_tenants(gw->store);
+        const tn_key *key = tenants_key(tc, who->sha256);
+        const char *why = NULL;
+        int status = 401;
+        if (!key && !tenants_loaded(tc)) {
+            access_log_simple(req, 503, NULL);
+            send_error_in(req, fin, 503, anth ? "api_error" : "server_error", "key_store_unavailable",
+                          NULL, "retry-after: 1\r\n",
+                          "The key store is not loaded yet (%s); retry shortly.",
+                          store_status(gw->store));
+            return false;
+        }
+        if (key) {
+            const tn_team *team = tenants_team(tc, key->team_id.s);
+            if (key->blocked) {
+                why = "This API key has been blocked.";
+            } else if (key->expires_us && key->expires_us <= clock_wall_us()) {
+                why = "This API key has expired.";
+            } else if (!team) {
+                why = "This API key's team no longer exists.";
+            } else if (team->suspended) {
+                status = 403;
+                why = "This API key's team is suspended.";
+            } else {
+                who->key = (const tn_key *)tn_ref((tn_entry *)key);
+                who->team = (const tn_team *)tn_ref((tn_entry *)team);
+                who->alias = key->alias;
+                who->rpm = key->rpm;
+                return true;
+            }
+            access_log_simple(req, status, key->alias);
+            send_error_in(req, fin, status,
+                          status == 403 ? "permission_error"
+                          : anth        ? "authentication_error"
+                                        : "invalid_request_error",
+                          status == 403 ? "team_suspended" : "invalid_api_key", NULL, NULL, "%s",
+                          why);
+            return false;
+        }
+    }
+    access_log_simple(req, 401, NULL);
+    send_error_in(req, fin, 401, anth ? "authentication_error" : "invalid_request_error",
+                  "invalid_api_key", NULL, NULL, "%s",
+                  has_credentials(req) ? "Incorrect API key provided."
+                                       : "You didn't provide an API key. Send it as "
+                                         "'Authorization: Bearer KEY' or 'x-api-key: KEY'.");
+    return false;
+}
+
+/* A resolved model: a config alias, or a database alias's first route
+ * (routing across routes is issue 7's), as a config_model. */
+typedef struct model_pick {
+    config_model model;       /* provider, provider model, customer price */
+    const char *access_group; /* a database alias's group, or NULL */
+} model_pick;
+
+/* Resolves info->model: the config's aliases first, then the database's.
+ * *pmodel is the provider's model name. False when neither has it (or a
+ * database alias names a provider this config does not have). */
+static bool resolve_model(gateway *gw, const config *cfg, const char *name, size_t len,
+                          slice *pmodel, model_pick *out)
+{
+    memset(out, 0, sizeof(*out));
+    const config_model *m = config_find_model(cfg, name, len, pmodel);
+    if (m) {
+        out->model = *m;
+        return true;
+    }
+    if (!gw->store)
+        return false;
+    const tn_alias *a = tenants_alias(store_tenants(gw->store), name, len);
+    if (!a)
+        return false;
+    for (size_t i = 0; i < a->nroutes; i++) {
+        const config_provider *p = config_find_provider(cfg, a->routes[i].provider);
+        if (!p)
+            continue;
+        out->model.name = a->name;
+        out->model.len = strlen(a->name);
+        out->model.provider = p;
+        out->model.model = a->routes[i].model;
+        if (a->price_input_nano >= 0 && a->price_output_nano >= 0) {
+            out->model.price.given = true;
+            out->model.price.input = a->price_input_nano;
+            out->model.price.output = a->price_output_nano;
+            out->model.price.cached_input =
+                a->price_cached_nano >= 0 ? a->price_cached_nano : a->price_input_nano;
+            out->model.price.cache_write = a->price_input_nano;
+        }
+        out->access_group = a->access_group;
+        pmodel->p = a->routes[i].model;
+        pmodel->len = strlen(a->routes[i].model);
+        return true;
+    }
+    log_warn(NULL, "model alias '%s': no route names a configured provider", a->name);
+    return false;
+}
+
+/* The credential a call to provider p sends: the key's BYOK secret, else
+ * its team's, else the org's active credential, else the config's key. */
+static void pick_credential(gateway *gw, call *c)
+{
+    const config_provider *p = c->prov;
+    c->api_key = p->api_key;
+    c->credential = "config";
+    if (!gw->store || !c->who.key)
+        return;
+    tenants *tc = store_tenants(gw->store);
+    const tn_secret *sec = tenants_byok(tc, true, c->who.key->e.id.s, p->name);
+    c->credential = "key_byok";
+    if (!sec) {
+        sec = tenants_byok(tc, false, c->who.key->team_id.s, p->name);
+        c->credential = "team_byok";
+    }
+    if (!sec && c->who.team) {
+        sec = tenants_cred(tc, c->who.team->org_id.s, p->name);
+        c->credential = "org";
+    }
+    if (!sec) {
+        c->credential = "config";
+        return;
+    }
+    c->secret = tn_ref((tn_entry *)sec);
+    c->api_key = sec->secret;
+}
+
+/* May the caller use the model called name (access_group: a database
+ * alias's group, else NULL)? */
+static bool caller_allows(const caller *who, const char *name, size_t len, const char *access_group)
+{
+    if (who->ckey)
+        return config_key_allows(who->ckey, name, len);
+    return tn_key_allows(who->key, name, len, access_group);
 }
 
 static bool has_credentials(http_req *req)
@@ -918,7 +1115,7 @@ static size_t rate_slot(const uint8_t *sha) { return (sha[0] | (size_t)sha[1] <<
 
 /* Token bucket per key: rpm requests per minute, burst rpm. Returns true
  * if admitted; fills remaining and reset_s for the x-ratelimit headers. */
-static bool rate_admit(gateway *gw, const config_key *key, uint32_t *remaining, double *reset_s)
+static bool rate_admit(gateway *gw, const caller *key, uint32_t *remaining, double *reset_s)
 {
     if (!key->rpm)
         return true;
@@ -1008,7 +1205,7 @@ static int build_upstream_request(call *c, const slice *pmodel, chat_error *err)
                         c->info.stream ? "text/event-stream" : "application/json", tg_version,
                         c->req->request_id);
     if (!rc)
-        rc = c->fup->req_auth_headers(p->api_key, &c->up_head);
+        rc = c->fup->req_auth_headers(c->api_key, &c->up_head);
     if (!rc && c->fin->id == CHAT_FMT_ANTHROPIC && c->fup->id == CHAT_FMT_ANTHROPIC) {
         slice beta = http_req_header(c->req, "anthropic-beta");
         if (beta.len && beta.len < 1024 && !memchr(beta.p, '\r', beta.len) && !memchr(beta.p, '\n', beta.len))
@@ -1154,7 +1351,7 @@ static int scan_openai_other(const char *body, size_t n, const char *endpoint,
 }
 
 static int read_request(http_req *req, const chat_format *fin, const char *endpoint,
-                        const config_key *key, openai_req_info *info, chat_request *creq)
+                        const caller *key, openai_req_info *info, chat_request *creq)
 {
     if (fin->id == CHAT_FMT_OPENAI && strcmp(endpoint, "/chat/completions") != 0) {
         openai_err oe;
@@ -1205,37 +1402,34 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
 {
     uint64_t t0 = clock_mono_ns();
     const config *cfg = gw->cfg;
-    const config_key *key = authenticate(cfg, req);
-    if (!key) {
-        bool had = has_credentials(req);
-        access_log_simple(req, 401, NULL);
-        send_error_in(req, fin, 401, fin->id == CHAT_FMT_OPENAI ? "invalid_request_error" : "authentication_error",
-                      "invalid_api_key", NULL, NULL,
-                      had ? "Incorrect API key provided."
-                          : "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' "
-                            "or 'x-api-key: KEY'.");
+    caller who;
+    if (!authenticate(gw, req, fin, &who))
         return;
-    }
+    const caller *key = &who;
     /* admission first: nothing is allocated for a request that is refused */
     openai_req_info info;
     chat_request creq;
     memset(&creq, 0, sizeof creq);
     if (read_request(req, fin, endpoint, key, &info, &creq) != 0) {
         chat_request_free(&creq);
+        caller_release(&who);
         return;
     }
     slice pmodel;
-    const config_model *m = config_find_model(cfg, info.model, info.model_len, &pmodel);
-    if (!m) {
+    model_pick mp;
+    if (!resolve_model(gw, cfg, info.model, info.model_len, &pmodel, &mp)) {
         chat_request_free(&creq);
         access_log_simple(req, 404, key->alias);
+        caller_release(&who);
         send_error_in(req, fin, 404, "invalid_request_error", "model_not_found", "model", NULL,
                       "The model '%s' does not exist or you do not have access to it.", info.model);
         return;
     }
-    if (!config_key_allows(key, info.model, info.model_len)) {
+    const config_model *m = &mp.model;
+    if (!caller_allows(key, info.model, info.model_len, mp.access_group)) {
         chat_request_free(&creq);
         access_log_simple(req, 403, key->alias);
+        caller_release(&who);
         send_error_in(req, fin, 403, "permission_error", "model_not_allowed", "model", NULL,
                       "This key is not allowed to use the model '%s'.", info.model);
         return;
@@ -1246,6 +1440,7 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
         (config_provider_format(m->provider) != CHAT_FMT_OPENAI ||
          m->provider->type == CONFIG_PROVIDER_MOCK)) {
         access_log_simple(req, 400, key->alias);
+        caller_release(&who);
         send_error(req, 400, "invalid_request_error", "unsupported_endpoint", "model", NULL,
                    "The model '%s' is served by provider '%s' (%s), which has no %s endpoint; "
                    "this endpoint needs an OpenAI-compatible provider.",
@@ -1266,18 +1461,24 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
         send_error_in(req, fin, 429, "rate_limit_error", "rate_limit_exceeded", NULL, hdr,
                       "Rate limit reached for key '%s': %u requests per minute.", key->alias,
                       key->rpm);
+        caller_release(&who);
         return;
     }
     call *c = calloc(1, sizeof(*c));
     if (!c) {
         chat_request_free(&creq);
+        caller_release(&who);
         send_error_in(req, fin, 500, "server_error", NULL, NULL, NULL, "out of memory");
         return;
     }
     c->gw = gw;
     c->req = req;
     c->cfg = config_ref(cfg);
-    c->key = key;
+    c->who = who; /* moved: released with the call */
+    c->key = &c->who;
+    key = c->key;
+    c->model_own = mp.model;
+    c->model = &c->model_own;
     c->info = info;
     c->creq = creq; /* moved: freed with the call */
     buf_init(&c->out, GW_MAX_EVENT_BYTES);
@@ -1286,7 +1487,6 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
     buf_init(&c->up_body, 0);
     gw->inflight++;
     c->prov = m->provider;
-    c->model = m;
     c->fin = fin;
     c->endpoint = fin->id == CHAT_FMT_OPENAI ? endpoint : "/chat/completions";
     c->fup = chat_format_get((chat_format_id)config_provider_format(c->prov));
@@ -1313,6 +1513,7 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
                     : fin->id == CHAT_FMT_OPENAI
                         ? meter_prompt_openai(enc, gw->work, req->body.p, req->body.len)
                         : prompt_tokens_of(enc, gw->work, &c->creq);
+    pick_credential(gw, c);
     int brc = build_upstream_request(c, &pmodel, &ce);
     if (brc == -EINVAL && ce.status)
         goto refuse;
@@ -1378,18 +1579,10 @@ refuse:
 /* POST /v1/messages/count_tokens: an Anthropic request's prompt tokens,
  * counted by the meter's tokenizer (OpenAI's encodings: for Claude models
  * an estimate, flagged in the x-tollgate-tokenizer header). */
-static void handle_count_tokens(gateway *gw, http_req *req)
+static void count_tokens_for(gateway *gw, http_req *req, const caller *key)
 {
     const chat_format *fin = &chat_format_anthropic;
     const config *cfg = gw->cfg;
-    const config_key *key = authenticate(cfg, req);
-    if (!key) {
-        access_log_simple(req, 401, NULL);
-        send_error_in(req, fin, 401, "authentication_error", "invalid_api_key", NULL, NULL,
-                      has_credentials(req) ? "Incorrect API key provided."
-                                           : "You didn't provide an API key.");
-        return;
-    }
     /* count_tokens takes no max_tokens; the Messages decoder wants one */
     buf body;
     buf_init(&body, (size_t)req->body.len + 32);
@@ -1419,8 +1612,11 @@ static void handle_count_tokens(gateway *gw, http_req *req)
         goto out;
     }
     slice pmodel;
-    const config_model *m = r.model.len ? config_find_model(cfg, r.model.p, r.model.len, &pmodel) : NULL;
-    if (!m || !config_key_allows(key, r.model.p, r.model.len)) {
+    model_pick mp;
+    const config_model *m =
+        r.model.len && resolve_model(gw, cfg, r.model.p, r.model.len, &pmodel, &mp) ? &mp.model
+                                                                                  : NULL;
+    if (!m || !caller_allows(key, r.model.p, r.model.len, mp.access_group)) {
         access_log_simple(req, 404, key->alias);
         send_error_in(req, fin, 404, "not_found_error", "model_not_found", "model", NULL,
                       "model: %.*s", (int)(r.model.len > 200 ? 200 : r.model.len),
@@ -1443,6 +1639,15 @@ out:
     buf_free(&body);
 }
 
+static void handle_count_tokens(gateway *gw, http_req *req)
+{
+    caller who;
+    if (!authenticate(gw, req, &chat_format_anthropic, &who))
+        return;
+    count_tokens_for(gw, req, &who);
+    caller_release(&who);
+}
+
 static void handle_chat(gateway *gw, http_req *req)
 {
     handle_llm(gw, req, &chat_format_openai, "/chat/completions");
@@ -1462,56 +1667,76 @@ static void handle_messages(gateway *gw, http_req *req)
 
 /* ------------------------------------------------------------ other routes */
 
-static void handle_models(gateway *gw, http_req *req)
+/* One entry of the model list, in OpenAI's or Anthropic's shape. */
+typedef struct model_list {
+    buf *b;
+    bool anth;
+    const caller *key;
+    const char *first, *last; /* ids, for Anthropic's first_id / last_id */
+    int rc;
+} model_list;
+
+static void model_list_add(model_list *ml, const char *name, const char *owner,
+                           const char *access_group)
+{
+    size_t n = strlen(name);
+    if (ml->rc || !caller_allows(ml->key, name, n, access_group))
+        return;
+    buf *b = ml->b;
+    int rc = buf_printf(b, ml->anth ? "%s{\"type\":\"model\",\"id\":" : "%s{\"id\":",
+                        ml->first ? "," : "");
+    if (!rc)
+        rc = chat_json_str(b, name, n);
+    if (!rc && ml->anth) {
+        rc = buf_append_str(b, ",\"display_name\":");
+        if (!rc)
+            rc = chat_json_str(b, name, n);
+        if (!rc)
+            rc = buf_append_str(b, ",\"created_at\":\"1970-01-01T00:00:00Z\"}");
+    } else if (!rc) {
+        rc = buf_append_str(b, ",\"object\":\"model\",\"created\":0,\"owned_by\":");
+        if (!rc)
+            rc = chat_json_str(b, owner, strlen(owner));
+        if (!rc)
+            rc = buf_append_str(b, "}");
+    }
+    if (!ml->first)
+        ml->first = name;
+    ml->last = name;
+    ml->rc = rc;
+}
+
+static void model_list_alias(const tn_entry *e, void *ud)
+{
+    model_list *ml = ud;
+    const tn_alias *a = (const tn_alias *)e;
+    model_list_add(ml, a->name, a->routes[0].provider, a->access_group);
+}
+
+static void models_for(gateway *gw, http_req *req, const caller *key)
 {
     const config *cfg = gw->cfg;
-    const config_key *key = authenticate(cfg, req);
-    if (!key) {
-        access_log_simple(req, 401, NULL);
-        send_error(req, 401, "invalid_request_error", "invalid_api_key", NULL, NULL,
-                   has_credentials(req) ? "Incorrect API key provided."
-                                        : "You didn't provide an API key.");
-        return;
-    }
     /* the Anthropic SDK (it sends anthropic-version) gets Anthropic's shape */
     bool anth = http_req_header(req, "anthropic-version").len > 0;
     buf b;
     buf_init(&b, 4u * 1024 * 1024);
-    int rc = buf_append_str(&b, anth ? "{\"data\":[" : "{\"object\":\"list\",\"data\":[");
-    bool first = true;
-    const config_model *first_m = NULL, *last_m = NULL;
-    for (size_t i = 0; !rc && i < cfg->nmodels; i++) {
-        const config_model *m = &cfg->models[i];
-        if (!config_key_allows(key, m->name, strlen(m->name)))
-            continue;
-        rc = buf_printf(&b, anth ? "%s{\"type\":\"model\",\"id\":" : "%s{\"id\":", first ? "" : ",");
-        if (!rc)
-            rc = chat_json_str(&b, m->name, strlen(m->name));
-        if (!rc && anth) {
-            rc = buf_append_str(&b, ",\"display_name\":");
-            if (!rc)
-                rc = chat_json_str(&b, m->name, strlen(m->name));
-            if (!rc)
-                rc = buf_append_str(&b, ",\"created_at\":\"1970-01-01T00:00:00Z\"}");
-        } else if (!rc) {
-            rc = buf_printf(&b, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"%s\"}",
-                            m->provider->name);
-        }
-        if (!first_m)
-            first_m = m;
-        last_m = m;
-        first = false;
-    }
+    model_list ml = {.b = &b, .anth = anth, .key = key};
+    ml.rc = buf_append_str(&b, anth ? "{\"data\":[" : "{\"object\":\"list\",\"data\":[");
+    for (size_t i = 0; i < cfg->nmodels; i++)
+        model_list_add(&ml, cfg->models[i].name, cfg->models[i].provider->name, NULL);
+    if (gw->store)
+        tenants_foreach(store_tenants(gw->store), TN_ALIAS, model_list_alias, &ml);
+    int rc = ml.rc;
     if (!rc)
         rc = buf_append_str(&b, "]");
     if (!rc && anth) {
         rc = buf_append_str(&b, ",\"has_more\":false,\"first_id\":");
         if (!rc)
-            rc = first_m ? chat_json_str(&b, first_m->name, strlen(first_m->name)) : buf_append_str(&b, "null");
+            rc = ml.first ? chat_json_str(&b, ml.first, strlen(ml.first)) : buf_append_str(&b, "null");
         if (!rc)
             rc = buf_append_str(&b, ",\"last_id\":");
         if (!rc)
-            rc = last_m ? chat_json_str(&b, last_m->name, strlen(last_m->name)) : buf_append_str(&b, "null");
+            rc = ml.last ? chat_json_str(&b, ml.last, strlen(ml.last)) : buf_append_str(&b, "null");
     }
     if (!rc)
         rc = buf_append_str(&b, "}");
@@ -1521,6 +1746,16 @@ static void handle_models(gateway *gw, http_req *req)
     else
         http_respond(req, 200, "application/json", NULL, b.data, b.len);
     buf_free(&b);
+}
+
+static void handle_models(gateway *gw, http_req *req)
+{
+    caller who;
+    bool anth = http_req_header(req, "anthropic-version").len > 0;
+    if (!authenticate(gw, req, anth ? &chat_format_anthropic : &chat_format_openai, &who))
+        return;
+    models_for(gw, req, &who);
+    caller_release(&who);
 }
 
 typedef struct route {
@@ -1538,9 +1773,21 @@ static void handle_health(gateway *gw, http_req *req)
 
 static void handle_ready(gateway *gw, http_req *req)
 {
-    if (http_server_draining(gw->srv) || gw->closing)
+    if (http_server_draining(gw->srv) || gw->closing) {
         http_respond(req, 503, "application/json", NULL, "{\"status\":\"draining\"}", 21);
-    else
+    } else if (gw->store && !store_ready(gw->store)) {
+        buf b;
+        buf_init(&b, 1024);
+        const char *why = store_status(gw->store);
+        int rc = buf_append_str(&b, "{\"status\":\"not_ready\",\"database\":\"");
+        if (!rc)
+            rc = buf_append_json_escaped(&b, why, strlen(why));
+        if (!rc)
+            rc = buf_append_str(&b, "\"}");
+        http_respond(req, 503, "application/json", "retry-after: 1\r\n",
+                     rc ? "{\"status\":\"not_ready\"}" : b.data, rc ? 23 : b.len);
+        buf_free(&b);
+    } else
         http_respond(req, 200, "application/json", NULL, "{\"status\":\"ready\"}", 18);
 }
 
@@ -1564,6 +1811,10 @@ static const route routes[] = {
 static void on_request(http_req *req, void *ud)
 {
     gateway *gw = ud;
+    if (req->path.len >= 7 && memcmp(req->path.p, "/admin/", 7) == 0) {
+        admin_handle(gw->store, gw->cfg, req);
+        return;
+    }
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         if (!slice_eq(req->path, routes[i].path))
             continue;
@@ -1626,6 +1877,8 @@ static http_limits limits_of(const config *cfg)
     return l;
 }
 
+static void gateway_fatal(void *ud, const char *msg);
+
 gateway *gateway_new(uv_loop_t *loop, const config *cfg)
 {
     gateway *gw = calloc(1, sizeof(*gw));
@@ -1653,11 +1906,34 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
     if (!gw->prices)
         log_warn(NULL, "price catalog not loaded (%s): costs only for models with a configured price",
                  pf ? err : "no catalog file found");
+    if (cfg->database.url) {
+        gw->store = store_new(loop, NULL, cfg, gateway_fatal, gw, err, sizeof err);
+        if (!gw->store) {
+            log_error(NULL, "database: %s", err);
+            gateway_close(gw);
+            gw->failed = true;
+        }
+    }
     return gw;
+}
+
+static void gateway_fatal(void *ud, const char *msg)
+{
+    gateway *gw = ud;
+    if (gw->fatal)
+        gw->fatal(gw->fatal_ud, msg);
+}
+
+void gateway_on_fatal(gateway *gw, void (*cb)(void *ud, const char *msg), void *ud)
+{
+    gw->fatal = cb;
+    gw->fatal_ud = ud;
 }
 
 int gateway_start(gateway *gw)
 {
+    if (gw->failed)
+        return -EINVAL;
     return http_server_listen(gw->srv, gw->cfg->listen.host, gw->cfg->listen.port);
 }
 
@@ -1678,6 +1954,8 @@ void gateway_reload(gateway *gw, const config *cfg)
     http_limits l = limits_of(cfg);
     http_server_set_limits(gw->srv, &l);
     tls_prewarm(gw, cfg);
+    if (gw->store)
+        store_reconfigure(gw->store, cfg);
     config_unref(old);
 }
 
@@ -1688,9 +1966,13 @@ void gateway_drain(gateway *gw, void (*done)(void *), void *ud)
 
 void gateway_close(gateway *gw)
 {
+    if (gw->closing)
+        return;
     gw->closing = true;
     http_server_close_all(gw->srv);
     httpc_pool_close(gw->pool);
+    if (gw->store)
+        store_close(gw->store);
 }
 
 void gateway_free(gateway *gw)
@@ -1714,6 +1996,7 @@ void gateway_free(gateway *gw)
     tok_work_free(gw->work);
     tok_set_free(&gw->toks);
     prices_free(gw->prices);
+    store_free(gw->store);
     config_unref(gw->cfg);
     free(gw);
 }

@@ -24,7 +24,11 @@ typedef struct gateway gateway;
 
 /* Creates the gateway on loop with cfg (takes its own reference). */
 gateway *gateway_new(uv_loop_t *loop, const config *cfg);
-/* Listens on cfg->listen. 0 or -errno. */
+/* cb(ud, msg) runs when the gateway cannot go on (the database has the
+ * wrong schema version): the daemon should stop with msg. */
+void gateway_on_fatal(gateway *gw, void (*cb)(void *ud, const char *msg), void *ud);
+/* Listens on cfg->listen. 0 or -errno (-EINVAL: the setup in gateway_new
+ * failed, already logged). */
 int gateway_start(gateway *gw) __attribute__((warn_unused_result));
 /* The port actually bound. */
 uint16_t gateway_port(const gateway *gw);

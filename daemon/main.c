@@ -5,6 +5,8 @@
  *   tollgate check-config FILE    validate a config file, exit 0 or 1
  *   tollgate tokenize ... FILE    token ids or count of a file (cli.h)
  *   tollgate keygen               a new secret-box key (cli.h)
+ *   tollgate migrate ...          apply the schema migrations (migrate.h)
+ *   tollgate rotate-secrets ...   re-encrypt stored secrets with the newest key (cli.h)
  *   tollgate --version
  *
  * Signals: SIGTERM/SIGINT drain (a second one stops at once), SIGHUP
@@ -20,6 +22,7 @@
 #include "daemon/cli.h"
 #include "daemon/config.h"
 #include "daemon/gateway.h"
+#include "daemon/migrate.h"
 #include "daemon/version.h"
 
 typedef struct app {
@@ -31,6 +34,7 @@ typedef struct app {
     uint32_t drain_ms;       /* drain deadline (timeouts.drain) */
     bool draining;           /* a drain has started */
     bool stopped;            /* handles are closing */
+    int exit_code;           /* 1 after a fatal error */
 } app;
 
 static void usage(FILE *f)
@@ -39,6 +43,8 @@ static void usage(FILE *f)
                "       tollgate check-config FILE\n"
                "       tollgate tokenize [--encoding NAME] [--count] [--bench N] FILE\n"
                "       tollgate keygen\n"
+               "       tollgate rotate-secrets [--config FILE] [--dry-run]\n"
+               "       tollgate migrate [--config FILE | --database-url URL] [--status]\n"
                "       tollgate --version\n"
                "Runs the tollgate LLM gateway. Without a config file (or TOLLGATE_CONFIG) it\n"
                "starts on an embedded demo default: the mock provider, plus any provider\n"
@@ -94,6 +100,16 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     gateway_drain(a->gw, drained_cb, a);
 }
 
+/* The gateway cannot go on (e.g. the database schema is of another
+ * version): stop at once with exit code 1. */
+static void on_fatal(void *ud, const char *msg)
+{
+    app *a = ud;
+    fprintf(stderr, "tollgate: %s\n", msg);
+    a->exit_code = 1;
+    app_stop(a);
+}
+
 static void on_hup(uv_signal_t *s, int signum)
 {
     app *a = s->data;
@@ -145,6 +161,16 @@ static int run(const char *path)
     }
     apply_logging(cfg);
     signal(SIGPIPE, SIG_IGN);
+    if (cfg->database.url && cfg->secrets.n == 0) {
+        fprintf(stderr,
+                "tollgate: a database is configured but no encryption key for the provider "
+                "credentials stored in it.\n"
+                "  Make one with 'tollgate keygen' and put it in secrets.keys in the config (or "
+                "in the\n  environment as TOLLGATE_SECRET_KEYS); keep it safe: without it the "
+                "stored credentials\n  cannot be read.\n");
+        config_unref(cfg);
+        return 1;
+    }
 
     app a = {.config_path = path};
     a.loop = uv_default_loop();
@@ -154,9 +180,12 @@ static int run(const char *path)
         config_unref(cfg);
         return 1;
     }
+    gateway_on_fatal(a.gw, on_fatal, &a);
     rc = gateway_start(a.gw);
     if (rc != 0) {
-        fprintf(stderr, "tollgate: cannot listen on %s: %s\n", cfg->listen.text, uv_strerror(rc));
+        if (rc != -EINVAL)
+            fprintf(stderr, "tollgate: cannot listen on %s: %s\n", cfg->listen.text,
+                    uv_strerror(rc));
         gateway_close(a.gw);
         uv_run(a.loop, UV_RUN_DEFAULT);
         gateway_free(a.gw);
@@ -206,7 +235,7 @@ static int run(const char *path)
     if (rc != 0)
         log_warn(NULL, "loop closed with handles still open");
     log_info(NULL, "stopped");
-    return 0;
+    return a.exit_code;
 }
 
 int main(int argc, char **argv)
@@ -225,6 +254,10 @@ int main(int argc, char **argv)
             return cli_tokenize(argc - 1, argv + 1);
         } else if (i == 1 && strcmp(argv[i], "keygen") == 0) {
             return cli_keygen(argc - 1, argv + 1);
+        } else if (i == 1 && strcmp(argv[i], "rotate-secrets") == 0) {
+            return cli_rotate_secrets(argc - 1, argv + 1);
+        } else if (i == 1 && strcmp(argv[i], "migrate") == 0) {
+            return cli_migrate(argc - 1, argv + 1);
         } else if (strcmp(argv[i], "check-config") == 0) {
             if (i + 1 >= argc) {
                 usage(stderr);
