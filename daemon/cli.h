@@ -15,4 +15,10 @@ int cli_tokenize(int argc, char **argv);
  * or 1 on a usage error or when the OS gives no random bytes. */
 int cli_keygen(int argc, char **argv);
 
+/* tollgate rotate-secrets [--config FILE] [--dry-run]
+ * Re-encrypts every stored provider credential and BYOK key with the first
+ * key of secrets.keys, in one transaction; a secret no key opens aborts
+ * the run with nothing changed. Exit 0, 1 failure, 2 usage. */
+int cli_rotate_secrets(int argc, char **argv);
+
 #endif
