@@ -29,17 +29,14 @@ struct tenants {
 };
 
 static const char *const tn_tables[TN_NKINDS] = {
-    [TN_TEAM] = "teams",
-    [TN_KEY] = "virtual_keys",
-    [TN_ALIAS] = "model_aliases",
-    [TN_CRED] = "provider_credentials",
-    [TN_BYOK] = "byok_keys",
-    [TN_ADMIN] = "admin_keys",
+    [TN_TEAM] = "teams",          [TN_KEY] = "virtual_keys",
+    [TN_ALIAS] = "model_aliases", [TN_CRED] = "provider_credentials",
+    [TN_BYOK] = "byok_keys",      [TN_ADMIN] = "admin_keys",
 };
 
 static const size_t tn_sizes[TN_NKINDS] = {
-    [TN_TEAM] = sizeof(tn_team),    [TN_KEY] = sizeof(tn_key),    [TN_ALIAS] = sizeof(tn_alias),
-    [TN_CRED] = sizeof(tn_secret),  [TN_BYOK] = sizeof(tn_secret), [TN_ADMIN] = sizeof(tn_admin),
+    [TN_TEAM] = sizeof(tn_team),   [TN_KEY] = sizeof(tn_key),     [TN_ALIAS] = sizeof(tn_alias),
+    [TN_CRED] = sizeof(tn_secret), [TN_BYOK] = sizeof(tn_secret), [TN_ADMIN] = sizeof(tn_admin),
 };
 
 const char *tn_kind_table(tn_kind k)
