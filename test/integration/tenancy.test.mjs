@@ -206,6 +206,53 @@ describe('which provider credential goes upstream', () => {
     assert.equal(log.key_id, undefined);
     assert.deepEqual(gw.sanitizerReports(), []);
   });
+
+  it('isolation: a key never uses another team\'s or org\'s credentials, and sees only its models', T, async () => {
+    // tenant B: its own org credential, team BYOK and key BYOK for `up`
+    const b = await makeTenant(admin, 'iso-b');
+    const SB = `sk-b-org-${crypto.randomBytes(8).toString('hex')}`;
+    const SBT = `sk-b-team-${crypto.randomBytes(8).toString('hex')}`;
+    const SBK = `sk-b-key-${crypto.randomBytes(8).toString('hex')}`;
+    const cb = await admin.create('credentials', { org_id: b.org.id, provider: 'up', name: 'b', secret: SB, active: true });
+    await admin.create('byok', { team_id: b.team.id, provider: 'up', secret: SBT });
+    await admin.create('byok', { key_id: b.key.id, provider: 'up', secret: SBK });
+    // tenant C in B's org but another team: gets the org's, never B's team or key BYOK
+    const c = await admin.create('teams', { org_id: b.org.id, name: 'team-iso-c' });
+    const ck = await admin.create('keys', { team_id: c.id, alias: 'key-iso-c' });
+
+    // tenant A (this block's tenant, no credential of its own): the config key
+    up.apiKey = UPSTREAM_KEY;
+    const a = await chat(gw, ten.secret, { model: 'fx-chat' });
+    assert.equal(a.status, 200, a.text);
+    assert.equal((await up.waitForRequestId(a.id)).headers.authorization, `Bearer ${UPSTREAM_KEY}`);
+    assert.equal((await gw.accessLogFor(a.id)).credential, 'config');
+
+    up.apiKey = SB;
+    const r = await chat(gw, ck.key, { model: 'fx-chat' });
+    assert.equal(r.status, 200, r.text);
+    assert.equal((await up.waitForRequestId(r.id)).headers.authorization, `Bearer ${SB}`);
+    const lc = await gw.accessLogFor(r.id);
+    assert.equal(lc.credential, 'org');
+    assert.equal(lc.team_id, c.id);
+    assert.equal(lc.org_id, b.org.id);
+
+    up.apiKey = SBK;
+    const rb = await chat(gw, b.secret, { model: 'fx-chat' });
+    assert.equal(rb.status, 200, rb.text);
+    assert.equal((await gw.accessLogFor(rb.id)).credential, 'key_byok');
+
+    // models: B restricted to fx-chat sees and uses only that; A's list is unchanged
+    await admin.update('keys', b.key.id, { models: ['fx-chat'] });
+    const mb = await fetch(gw.url('/v1/models'), { headers: { authorization: `Bearer ${b.secret}` } });
+    assert.deepEqual((await mb.json()).data.map((m) => m.id), ['fx-chat']);
+    const denied = await chat(gw, b.secret, { model: 'mock-1' });
+    assert.equal(denied.status, 403);
+    assert.equal(denied.body.error.code, 'model_not_allowed');
+    const ma = await fetch(gw.url('/v1/models'), { headers: { authorization: `Bearer ${ten.secret}` } });
+    assert.ok((await ma.json()).data.some((m) => m.id === 'mock-1'));
+    await admin.action('credentials', cb.id, 'deactivate');
+    up.apiKey = UPSTREAM_KEY;
+  });
 });
 
 /* ------------------------------------------------------------ 2. two instances */
