@@ -40,7 +40,7 @@
 #define CFG_KEY_MAX_LEN 256        /* longest plaintext key */
 #define CFG_ENV_NAME_MAX 128       /* longest ${VAR} name */
 #define CFG_ECHO_MAX 60            /* value bytes quoted back in a message */
-#define CFG_MAX_SETTINGS 32        /* entries in one settings table */
+#define CFG_MAX_SETTINGS 64        /* entries in one settings table */
 #define CFG_MAX_EXTRA 3            /* non-scalar keys of one mapping */
 
 #define CFG_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -178,6 +178,13 @@ static const struct cfg__setting cfg__top[] = {
     {"secrets.iterations", CFG_U32, TOP(secrets_iterations), "600000", FERNET_PBKDF2_MIN_ITER,
      100000000, 0},
     {"admin.master_key", CFG_STR, TOP(master_key_text), NULL, 0, 256, CFG_SECRET},
+    {"ledger.spool_dir", CFG_STR, TOP(ledger.spool_dir), "tollgate-spool", 0, 3000, CFG_RESTART},
+    {"ledger.spool_max_bytes", CFG_SIZE, TOP(ledger.spool_max_bytes), "1GiB", 1u << 20, 1u << 30,
+     0},
+    {"ledger.batch_rows", CFG_U32, TOP(ledger.batch_rows), "500", 1, 10000, 0},
+    {"ledger.ship_interval", CFG_MS, TOP(ledger.ship_interval_ms), "200ms", 1, 60000, 0},
+    {"ledger.spool_interval", CFG_MS, TOP(ledger.spool_interval_ms), "10ms", 1, 10000, 0},
+    {"instance_id", CFG_STR, TOP(instance_id), NULL, 0, 100, CFG_RESTART},
 };
 static const char *const cfg__top_extra[] = {"providers", "models", "keys"};
 
@@ -240,8 +247,8 @@ static const struct cfg__setting cfg__key[] = {
 };
 static const char *const cfg__key_extra[] = {"key", "key_sha256", "models"};
 
-_Static_assert(CFG_ARRAY_LEN(cfg__top) <= CFG_MAX_SETTINGS, "seen is a 32-bit mask");
-_Static_assert(CFG_ARRAY_LEN(cfg__provider) <= CFG_MAX_SETTINGS, "seen is a 32-bit mask");
+_Static_assert(CFG_ARRAY_LEN(cfg__top) <= CFG_MAX_SETTINGS, "seen is a 64-bit mask");
+_Static_assert(CFG_ARRAY_LEN(cfg__provider) <= CFG_MAX_SETTINGS, "seen is a 64-bit mask");
 _Static_assert(CFG_ARRAY_LEN(cfg__top_extra) <= CFG_MAX_EXTRA, "extra_key[] is too small");
 _Static_assert(CFG_ARRAY_LEN(cfg__key_extra) <= CFG_MAX_EXTRA, "extra_key[] is too small");
 
@@ -1089,7 +1096,7 @@ struct ld__map {
     size_t n;                              /* entries in table */
     void *base;                            /* struct the table fills */
     const yaml_node_t *map;                /* the mapping node (line for "missing") */
-    uint32_t seen;                         /* bit i: table[i] was given */
+    uint64_t seen;                         /* bit i: table[i] was given */
     yaml_node_t *node[CFG_MAX_SETTINGS];   /* value node of table[i], for later messages */
     const char *const *extra;              /* other keys accepted at the top of the mapping */
     size_t nextra;                         /* entries in extra */
@@ -1169,7 +1176,7 @@ static int ld__set(struct ld *ld, const struct cfg__setting *st, yaml_node_t *v,
             return ld__fail(ld, v, "%s", why);
         return ld__fail(ld, v, "%s (got \"%s\")", why, ld__echo(s, len, e, sizeof(e)));
     }
-    m->seen |= 1u << idx;
+    m->seen |= UINT64_C(1) << idx;
     m->node[idx] = v;
     return 0;
 }
@@ -1262,7 +1269,7 @@ static int ld__read_map(struct ld *ld, const yaml_node_t *item, struct ld__map *
             return rc;
     }
     for (size_t i = 0; i < m->n; i++) {
-        if ((m->table[i].flags & CFG_REQUIRED) && !(m->seen & (1u << i))) {
+        if ((m->table[i].flags & CFG_REQUIRED) && !(m->seen & (UINT64_C(1) << i))) {
             ld__push(ld, m->table[i].key, strlen(m->table[i].key));
             return ld__fail(ld, item, "required key is missing");
         }

@@ -167,6 +167,15 @@ typedef struct config {
      * ring for provider credentials at rest. n == 0: none configured. The
      * text forms are wiped while loading. */
     fernet_keyring secrets;
+    struct {
+        const char *spool_dir;      /* ledger.spool_dir: the write-ahead spool (DB-less: the ledger) */
+        size_t spool_max_bytes;     /* ledger.spool_max_bytes: backlog that stops new calls (503) */
+        uint32_t batch_rows;        /* ledger.batch_rows: rows per INSERT */
+        uint32_t ship_interval_ms;  /* ledger.ship_interval: longest wait before shipping */
+        uint32_t spool_interval_ms; /* ledger.spool_interval: write + fsync period */
+    } ledger;
+    const char *instance_id; /* instance_id: names this instance in rows and leases; NULL = kept
+                                in the spool directory (made at first start) */
     bool has_master_key;                          /* admin.master_key given */
     uint8_t master_key_sha256[CRYPTO_SHA256_LEN]; /* its SHA-256; the plaintext is not kept */
     const char *secrets_keys_text;   /* private: wiped after loading */

@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "billing/ledger.h"
 #include "billing/meter.h"
 #include "billing/money.h"
 #include "billing/prices.h"
@@ -58,6 +61,10 @@ struct gateway {
     tok_work *work;           /* the loop's tokenizer scratch */
     price_table *prices;      /* provider price catalog, NULL when none loaded */
     store *store;             /* PostgreSQL state and the tenancy cache; NULL in DB-less mode */
+    ledger *ledger;           /* one row per call: spool, then the database */
+    char instance[128];       /* this instance's id (rows, leases) */
+    void (*drained)(void *);  /* gateway_drain's callback, after the ledger drained */
+    void *drained_ud;
     void (*fatal)(void *ud, const char *msg); /* the daemon cannot go on (schema mismatch) */
     void *fatal_ud;
     uint64_t inflight;        /* requests being answered */
@@ -147,6 +154,8 @@ typedef struct call {
     bool embed;                    /* embeddings translated for a Gemini provider */
     embed_req_info embed_info;     /* what the caller's embeddings request asked for */
     int64_t cache_write;           /* prompt tokens written to the cache (provider usage) */
+    char call_id[33];              /* the ledger's id of this call */
+    int64_t t_wall_us;             /* wall-clock start (the ledger row's `at`) */
 } call;
 
 /* ------------------------------------------------------------ responses */
@@ -318,6 +327,8 @@ static void call_usage_of(const call *c, call_usage *u)
     } else {
         u->price = u->cost; /* customer price defaults to provider cost */
     }
+    if (c->credential && strstr(c->credential, "byok"))
+        u->price = 0; /* the caller's own provider key: recorded, never charged */
 }
 
 static int append_money(buf *b, const char *name, int64_t nano)
@@ -327,6 +338,53 @@ static int append_money(buf *b, const char *name, int64_t nano)
         return buf_printf(b, ",\"%s\":null", name);
     money_format(nano, m, sizeof m);
     return buf_printf(b, ",\"%s\":\"%s\"", name, m);
+}
+
+static const char *endpoint_name(const call *c)
+{
+    if (c->fin->id == CHAT_FMT_ANTHROPIC)
+        return "messages";
+    if (strcmp(c->endpoint, "/completions") == 0)
+        return "completions";
+    if (strcmp(c->endpoint, "/embeddings") == 0)
+        return "embeddings";
+    return "chat";
+}
+
+/* The call's ledger row. */
+static void call_ledger(call *c, const call_usage *u, int64_t latency_us, int64_t ttft_us)
+{
+    gateway *gw = c->gw;
+    if (!gw->ledger)
+        return;
+    ledger_row r = {
+        .id = c->call_id,
+        .request_id = c->req->request_id,
+        .at_us = c->t_wall_us,
+        .key_id = c->who.key ? c->who.key->e.id.s : NULL,
+        .key_alias = c->key->alias,
+        .team_id = c->who.key ? c->who.key->team_id.s : NULL,
+        .org_id = c->who.team ? c->who.team->org_id.s : NULL,
+        .endpoint = endpoint_name(c),
+        .requested_model = c->info.model,
+        .provider = c->prov->name,
+        .provider_model = c->provider_model,
+        .stream = c->info.stream,
+        .status = c->status,
+        .upstream_status = c->up_status,
+        .prompt_tokens = u->prompt,
+        .completion_tokens = u->completion,
+        .cached_tokens = u->cached,
+        .cache_write_tokens = u->cache_write,
+        .usage_source = u->source,
+        .cost_nano = u->cost,
+        .price_nano = u->price,
+        .credential = c->credential ? c->credential : "config",
+        .latency_us = latency_us,
+        .ttft_us = ttft_us,
+        .error = c->error,
+    };
+    (void)ledger_append(gw->ledger, &r); /* past its bound it still keeps the row */
 }
 
 static void call_log(call *c)
@@ -395,6 +453,8 @@ static void call_log(call *c)
     if (!rc)
         log_access(b.data, b.len);
     buf_free(&b);
+    call_ledger(c, &u, (int64_t)((now - req->t_start_ns) / 1000),
+                c->t_first_ns ? (int64_t)((c->t_first_ns - req->t_start_ns) / 1000) : -1);
 }
 
 /* The call is over for the client: log, release. */
@@ -1464,6 +1524,16 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
         caller_release(&who);
         return;
     }
+    if (gw->ledger && !ledger_accepting(gw->ledger)) {
+        chat_request_free(&creq);
+        access_log_simple(req, 503, key->alias);
+        caller_release(&who);
+        send_error_in(req, fin, 503, fin->id == CHAT_FMT_OPENAI ? "server_error" : "api_error",
+                      "ledger_unavailable", NULL, "retry-after: 5\r\n",
+                      "tollgate cannot record usage right now (its spool is full or cannot be "
+                      "written); no call is served unmetered. Retry shortly.");
+        return;
+    }
     call *c = calloc(1, sizeof(*c));
     if (!c) {
         chat_request_free(&creq);
@@ -1474,6 +1544,8 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
     c->gw = gw;
     c->req = req;
     c->cfg = config_ref(cfg);
+    crypto_request_id(c->call_id);
+    c->t_wall_us = clock_wall_us();
     c->who = who; /* moved: released with the call */
     c->key = &c->who;
     key = c->key;
@@ -1879,6 +1951,83 @@ static http_limits limits_of(const config *cfg)
 
 static void gateway_fatal(void *ud, const char *msg);
 
+/* This instance's id: the config's instance_id, else the one kept in the
+ * spool directory (made at the first start: host name + 32 random bits),
+ * so a restarted instance finds its own spool and leases again. Start-up
+ * only (blocking file I/O). */
+static int instance_id(const config *cfg, char *out, size_t cap)
+{
+    char path[4200], host[64] = "tollgate";
+    if (cfg->instance_id) {
+        snprintf(out, cap, "%s", cfg->instance_id);
+        return 0;
+    }
+    if (mkdir(cfg->ledger.spool_dir, 0700) != 0 && errno != EEXIST)
+        return -errno;
+    snprintf(path, sizeof(path), "%s/instance", cfg->ledger.spool_dir);
+    FILE *f = fopen(path, "re");
+    if (f) {
+        bool ok = fgets(out, (int)cap, f) != NULL;
+        fclose(f);
+        out[strcspn(out, "\r\n")] = '\0';
+        if (ok && out[0])
+            return 0;
+    }
+    uint8_t rnd[4];
+    char hex[9];
+    if (crypto_random(rnd, sizeof(rnd)) != 0)
+        return -EIO;
+    crypto_hex(rnd, sizeof(rnd), hex);
+    gethostname(host, sizeof(host) - 1);
+    host[sizeof(host) - 1] = '\0';
+    snprintf(out, cap, "%s-%s", host, hex);
+    f = fopen(path, "we");
+    if (!f)
+        return -errno;
+    fprintf(f, "%s\n", out);
+    return fclose(f) == 0 ? 0 : -EIO;
+}
+
+static void ledger_recover(void *ud)
+{
+    gateway *gw = ud;
+    if (gw->ledger)
+        ledger_kick(gw->ledger);
+}
+
+/* The ledger: rows spooled under ledger.spool_dir, shipped to the store's
+ * database when there is one. False (logged) when it cannot start: the
+ * daemon then refuses to run rather than serve unmetered. */
+static bool ledger_setup(gateway *gw, const config *cfg)
+{
+    char err[512];
+    int rc = instance_id(cfg, gw->instance, sizeof(gw->instance));
+    if (rc != 0) {
+        log_error(NULL, "ledger: cannot keep the instance id in %s: %s", cfg->ledger.spool_dir,
+                  strerror(-rc));
+        return false;
+    }
+    ledger_options lo = {
+        .spool_dir = cfg->ledger.spool_dir,
+        .instance = gw->instance,
+        .spool_interval_ms = cfg->ledger.spool_interval_ms,
+        .batch_rows = cfg->ledger.batch_rows,
+        .ship_interval_ms = cfg->ledger.ship_interval_ms,
+        .spool_max_bytes = cfg->ledger.spool_max_bytes,
+    };
+    gw->ledger = ledger_new(gw->loop, &lo, gw->store ? store_ledger_sink : NULL, gw->store, err,
+                            sizeof err);
+    if (!gw->ledger) {
+        log_error(NULL, "%s", err);
+        return false;
+    }
+    if (gw->store)
+        store_on_recover(gw->store, ledger_recover, gw);
+    log_info(NULL, "ledger: instance %s, spool %s%s", gw->instance, cfg->ledger.spool_dir,
+             gw->store ? "" : " (DB-less: the spool is the ledger)");
+    return true;
+}
+
 gateway *gateway_new(uv_loop_t *loop, const config *cfg)
 {
     gateway *gw = calloc(1, sizeof(*gw));
@@ -1912,7 +2061,12 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
             log_error(NULL, "database: %s", err);
             gateway_close(gw);
             gw->failed = true;
+            return gw;
         }
+    }
+    if (!ledger_setup(gw, cfg)) {
+        gateway_close(gw);
+        gw->failed = true;
     }
     return gw;
 }
@@ -1959,9 +2113,30 @@ void gateway_reload(gateway *gw, const config *cfg)
     config_unref(old);
 }
 
+static void ledger_drained(void *ud)
+{
+    gateway *gw = ud;
+    ledger_stats st;
+    ledger_stats_get(gw->ledger, &st);
+    log_info(NULL, "ledger drained: %" PRIu64 " rows shipped, %" PRIu64 " bytes left in the spool",
+             st.rows_shipped, st.backlog_bytes);
+    gw->drained(gw->drained_ud);
+}
+
+static void http_drained(void *ud)
+{
+    gateway *gw = ud;
+    if (gw->ledger)
+        ledger_drain(gw->ledger, ledger_drained, gw);
+    else
+        gw->drained(gw->drained_ud);
+}
+
 void gateway_drain(gateway *gw, void (*done)(void *), void *ud)
 {
-    http_server_drain(gw->srv, done, ud);
+    gw->drained = done;
+    gw->drained_ud = ud;
+    http_server_drain(gw->srv, http_drained, gw);
 }
 
 void gateway_close(gateway *gw)
@@ -1971,6 +2146,8 @@ void gateway_close(gateway *gw)
     gw->closing = true;
     http_server_close_all(gw->srv);
     httpc_pool_close(gw->pool);
+    if (gw->ledger)
+        ledger_close(gw->ledger);
     if (gw->store)
         store_close(gw->store);
 }
@@ -1996,6 +2173,7 @@ void gateway_free(gateway *gw)
     tok_work_free(gw->work);
     tok_set_free(&gw->toks);
     prices_free(gw->prices);
+    ledger_free(gw->ledger);
     store_free(gw->store);
     config_unref(gw->cfg);
     free(gw);

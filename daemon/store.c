@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "crypto/fernet.h"
+#include "daemon/base/clock.h"
 #include "daemon/base/log.h"
 #include "daemon/migrate.h"
 
@@ -87,6 +88,43 @@ static void store_sql_init(void)
 
 typedef struct row_req row_req;
 
+/* The ledger's insert: rows of a JSON array into calls, and exactly the
+ * rows inserted (not those a replay sent twice) into usage_daily. */
+#define LEDGER_COLS                                                                                \
+    "id, at, request_id, instance, key_id, key_alias, team_id, org_id, job_id, endpoint, "         \
+    "requested_model, provider, provider_model, stream, status, upstream_status, prompt_tokens, " \
+    "completion_tokens, cached_tokens, cache_write_tokens, usage_source, cost_nano, price_nano, "  \
+    "credential, latency_us, ttft_us, error"
+static const pg_stmt ledger_insert = {
+    "tg_ledger_insert",
+    "WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id text, at timestamptz, "
+    "request_id text, instance text, key_id uuid, key_alias text, team_id uuid, org_id uuid, "
+    "job_id uuid, endpoint text, requested_model text, provider text, provider_model text, "
+    "stream boolean, status integer, upstream_status integer, prompt_tokens bigint, "
+    "completion_tokens bigint, cached_tokens bigint, cache_write_tokens bigint, usage_source "
+    "text, cost_nano bigint, price_nano bigint, credential text, latency_us bigint, ttft_us "
+    "bigint, error text)), "
+    "ins AS (INSERT INTO calls (" LEDGER_COLS ") SELECT " LEDGER_COLS " FROM r "
+    "ON CONFLICT (id, at) DO NOTHING RETURNING *), "
+    "roll AS (INSERT INTO usage_daily AS u (day, org_id, team_id, key_id, key_alias, job_id, "
+    "requested_model, provider, requests, errors, prompt_tokens, completion_tokens, "
+    "cached_tokens, cost_nano, price_nano, latency_us_sum) "
+    "SELECT (at AT TIME ZONE 'UTC')::date, org_id, team_id, key_id, key_alias, job_id, "
+    "requested_model, provider, count(*), count(*) FILTER (WHERE status >= 400), "
+    "sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
+    "coalesce(sum(cost_nano), 0), coalesce(sum(price_nano), 0), sum(latency_us) "
+    "FROM ins GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 "
+    "ON CONFLICT (day, org_id, team_id, key_id, key_alias, job_id, requested_model, provider) "
+    "DO UPDATE SET requests = u.requests + excluded.requests, errors = u.errors + "
+    "excluded.errors, prompt_tokens = u.prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = u.completion_tokens + excluded.completion_tokens, cached_tokens = "
+    "u.cached_tokens + excluded.cached_tokens, cost_nano = u.cost_nano + excluded.cost_nano, "
+    "price_nano = u.price_nano + excluded.price_nano, latency_us_sum = u.latency_us_sum + "
+    "excluded.latency_us_sum) "
+    "SELECT count(*) FROM ins",
+    1,
+};
+
 struct store {
     uv_loop_t *loop;
     pg_pool *pool;
@@ -110,6 +148,10 @@ struct store {
     tn_kind *tomb_kind;
     size_t ntombs;
     row_req *rows; /* single-row reloads in flight */
+    void (*recover)(void *); /* the database answers again */
+    void *recover_ud;
+    bool db_failing;        /* the last ledger statement failed for want of the database */
+    uint64_t partitions_ns; /* last partition upkeep (monotonic) */
     char status[512];
     store_stats st;
 };
@@ -484,8 +526,30 @@ static void page_send(store *s)
     }
 }
 
+static void partitions_done(void *ud, const PGresult *res, const pg_error *err)
+{
+    (void)ud;
+    if (err)
+        log_warn(NULL, "creating the calls partitions failed: %s (retried within a day)",
+                 err->message);
+    else if (res && pg_value(res, 0, 0) && strcmp(pg_value(res, 0, 0), "0") != 0)
+        log_info(NULL, "created %s monthly partition(s) of calls", pg_value(res, 0, 0));
+}
+
+/* Monthly partitions of calls for this month and the next three, daily. */
+static void partitions_upkeep(store *s)
+{
+    uint64_t now = clock_mono_ns();
+    if (s->partitions_ns && now - s->partitions_ns < 24ull * 3600 * 1000000000)
+        return;
+    if (pg_send(s->pool, NULL, "SELECT tollgate_calls_partitions(now(), 4)", 0, NULL,
+                partitions_done, s))
+        s->partitions_ns = now;
+}
+
 static void load_finish(store *s)
 {
+    partitions_upkeep(s);
     s->loading = false;
     s->ntombs = 0;
     s->st.full_loads++;
@@ -724,6 +788,67 @@ static void on_notify(void *ud, const char *payload)
         log_warn(NULL, "cannot reload %s; scheduling a full load", payload);
         load_start(s);
     }
+}
+
+/* ------------------------------------------------------------ the ledger */
+
+typedef struct ledger_req {
+    store *s;
+    ledger_done_fn done;
+    void *token;
+} ledger_req;
+
+static void ledger_done(void *ud, const PGresult *res, const pg_error *err)
+{
+    ledger_req *lr = ud;
+    store *s = lr->s;
+    int status = 0;
+    if (err) {
+        bool data = err->kind == PG_ERR_SERVER && (strncmp(err->sqlstate, "22", 2) == 0 ||
+                                                   strncmp(err->sqlstate, "23", 2) == 0);
+        status = data ? -EINVAL : -EIO;
+        if (!data)
+            s->db_failing = true;
+        else
+            log_error(NULL, "ledger: the database refused a batch: %s (%s)", err->message,
+                      err->sqlstate);
+    } else {
+        s->st.ledger_batches++;
+        s->st.ledger_rows += (uint64_t)val_i64(res, 0, 0, 0);
+        if (s->db_failing) {
+            s->db_failing = false;
+            if (s->recover)
+                s->recover(s->recover_ud);
+        }
+    }
+    lr->done(lr->token, status);
+    free(lr);
+}
+
+int store_ledger_sink(void *ud, const char *json, size_t len, size_t n, ledger_done_fn done,
+                      void *token)
+{
+    store *s = ud;
+    (void)len;
+    (void)n;
+    if (s->closing || !s->schema_ok)
+        return -EAGAIN;
+    ledger_req *lr = malloc(sizeof(*lr));
+    if (!lr)
+        return -ENOMEM;
+    *lr = (ledger_req){s, done, token};
+    const char *params[1] = {json};
+    if (!pg_send(s->pool, &ledger_insert, NULL, 1, params, ledger_done, lr)) {
+        free(lr);
+        return -EAGAIN;
+    }
+    return 0;
+}
+
+void store_on_recover(store *s, void (*fn)(void *ud), void *ud)
+{
+    s->recover = fn;
+    s->recover_ud = ud;
 }
 
 /* ------------------------------------------------------------ lifecycle */

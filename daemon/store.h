@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <uv.h>
 
+#include "billing/ledger.h"
 #include "billing/tenants.h"
 #include "daemon/config.h"
 #include "daemon/pg.h"
@@ -56,12 +57,26 @@ const char *store_status(const store *s);
 int store_reload(store *s, tn_kind kind, const char *id, void (*done)(void *ud, bool ok),
                  void *ud);
 
+/* The ledger's database side (billing/ledger.h, ledger_sink_fn; sink_ud is
+ * the store): one statement inserts the rows into calls (ON CONFLICT DO
+ * NOTHING: replays count once) and adds exactly the inserted ones to
+ * usage_daily. done(token, -EINVAL) when the database refused the data,
+ * -EIO when it could not be reached. */
+int store_ledger_sink(void *store, const char *json, size_t len, size_t n, ledger_done_fn done,
+                      void *token);
+
+/* Called when the database answers again after a failure (so the ledger
+ * replays its spool at once). */
+void store_on_recover(store *s, void (*fn)(void *ud), void *ud);
+
 /* Counters for metrics and tests. */
 typedef struct store_stats {
     uint64_t full_loads;   /* completed full loads */
     uint64_t row_reloads;  /* single rows reloaded */
     uint64_t notifies;     /* notifications received */
     uint64_t decrypt_failures; /* secrets that did not decrypt */
+    uint64_t ledger_batches;   /* ledger statements that succeeded */
+    uint64_t ledger_rows;      /* rows newly inserted (replays not counted) */
 } store_stats;
 void store_stats_get(const store *s, store_stats *out);
 

@@ -393,7 +393,7 @@ static void test_errors_top_level(void **state)
     (void)state;
     fake_env = NULL;
     expect_error("listen: 127.0.0.1:8080\nlistn: x\n", "t.yaml:2: listn: unknown key",
-                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, database, secrets, admin, providers", NULL);
+                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, database, secrets, admin, ledger, instance_id, providers", NULL);
     expect_error("log:\n  level: info\n  colour: true\n", "t.yaml:3: log.colour: unknown key",
                  "level, access", NULL);
     expect_error("timeouts.header: 5s\n", "t.yaml:1:", "unknown key", NULL);
