@@ -21,6 +21,7 @@
 #include "daemon/base/log.h"
 #include "daemon/http_server.h"
 #include "daemon/httpc.h"
+#include "daemon/jobs.h"
 #include "daemon/store.h"
 #include "daemon/tls.h"
 #include "daemon/version.h"
@@ -62,6 +63,7 @@ struct gateway {
     price_table *prices;      /* provider price catalog, NULL when none loaded */
     store *store;             /* PostgreSQL state and the tenancy cache; NULL in DB-less mode */
     ledger *ledger;           /* one row per call: spool, then the database */
+    jobs *jobs;               /* jobs and the running-job cache */
     char instance[128];       /* this instance's id (rows, leases) */
     void (*drained)(void *);  /* gateway_drain's callback, after the ledger drained */
     void *drained_ud;
@@ -155,6 +157,7 @@ typedef struct call {
     embed_req_info embed_info;     /* what the caller's embeddings request asked for */
     int64_t cache_write;           /* prompt tokens written to the cache (provider usage) */
     char call_id[33];              /* the ledger's id of this call */
+    char job_id[37];               /* the job it is attached to, or "" */
     int64_t t_wall_us;             /* wall-clock start (the ledger row's `at`) */
 } call;
 
@@ -365,6 +368,7 @@ static void call_ledger(call *c, const call_usage *u, int64_t latency_us, int64_
         .key_alias = c->key->alias,
         .team_id = c->who.key ? c->who.key->team_id.s : NULL,
         .org_id = c->who.team ? c->who.team->org_id.s : NULL,
+        .job_id = c->job_id[0] ? c->job_id : NULL,
         .endpoint = endpoint_name(c),
         .requested_model = c->info.model,
         .provider = c->prov->name,
@@ -1458,7 +1462,131 @@ static int read_request(http_req *req, const chat_format *fin, const char *endpo
 
 /* One chat request in the caller's format fin (OpenAI chat completions or
  * Anthropic messages), to whatever format its model's provider speaks. */
+/* What a route adds to a chat call: the job of /api/jobs/{id}/llm-call
+ * (else the x-tollgate-job header), and whether the seed's stream path
+ * was used. */
+typedef struct llm_opts {
+    char job_id[40];
+    int need_stream; /* 1: llm-call-stream (the body must ask for a stream), 0: none */
+} llm_opts;
+
+static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
+                            const char *endpoint, const llm_opts *o);
+
 static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const char *endpoint)
+{
+    handle_llm_opts(gw, req, fin, endpoint, NULL);
+}
+
+static job_owner owner_of(const caller *who)
+{
+    job_owner o = {
+        .team_id = who->key ? who->key->team_id.s : NULL,
+        .key_id = who->key ? who->key->e.id.s : NULL,
+        .key_alias = who->alias,
+    };
+    return o;
+}
+
+/* A call that names a job this instance has not seen yet waits for one
+ * lookup, then starts over (the cache answers the second time). */
+typedef struct job_wait {
+    gateway *gw;
+    http_req *req;
+    const chat_format *fin;
+    const char *endpoint;
+    llm_opts o;
+    pg_query *q;
+} job_wait;
+
+static void job_wait_abort(http_req *req, void *ud)
+{
+    (void)ud;
+    job_wait *w = req->app;
+    if (w->q)
+        pg_cancel(w->q);
+    free(w);
+}
+
+static void job_wait_done(void *ud, bool found)
+{
+    job_wait *w = ud;
+    http_req *req = w->req;
+    req->app = NULL;
+    req->on_abort = NULL;
+    if (found) {
+        handle_llm_opts(w->gw, req, w->fin, w->endpoint, &w->o);
+    } else {
+        access_log_simple(req, 404, NULL);
+        send_error_in(req, w->fin, 404, "not_found_error", "job_not_found", NULL, NULL,
+                      "No such job: %s.", w->o.job_id);
+    }
+    free(w);
+}
+
+/* The job a call attaches to: 1 attached (c->job_id to fill from *id), 0
+ * none, -1 answered (refused, or waiting for a lookup). */
+static int attach_job(gateway *gw, http_req *req, const chat_format *fin, const char *endpoint,
+                      const llm_opts *o, const caller *who, char id[37])
+{
+    char hdr[40] = "";
+    const char *job = o && o->job_id[0] ? o->job_id : NULL;
+    if (!job) {
+        slice h = http_req_header(req, "x-tollgate-job");
+        if (!h.len)
+            return 0;
+        snprintf(hdr, sizeof(hdr), "%.*s", (int)(h.len < 39 ? h.len : 39), h.p);
+        job = hdr;
+    }
+    if (!gw->jobs || !gw->store) {
+        access_log_simple(req, 503, who->alias);
+        send_error_in(req, fin, 503, "server_error", "no_database", NULL, NULL,
+                      "Jobs need a database (database.url).");
+        return -1;
+    }
+    job_owner ow = owner_of(who);
+    int rc = jobs_check(gw->jobs, &ow, job);
+    if (rc == 0) {
+        memcpy(id, job, 36); /* a UUID: jobs_check said so */
+        id[36] = '\0';
+        return 1;
+    }
+    if (rc == -ENOENT) {
+        job_wait *w = calloc(1, sizeof(*w));
+        if (w) {
+            w->gw = gw;
+            w->req = req;
+            w->fin = fin;
+            w->endpoint = endpoint;
+            if (o)
+                w->o = *o;
+            snprintf(w->o.job_id, sizeof(w->o.job_id), "%s", job);
+            if (jobs_lookup(gw->jobs, job, job_wait_done, w, &w->q) == 0) {
+                req->app = w;
+                req->on_abort = job_wait_abort;
+                return -1;
+            }
+            free(w);
+        }
+        access_log_simple(req, 503, who->alias);
+        send_error_in(req, fin, 503, "server_error", "database_unavailable", NULL, NULL,
+                      "Cannot look the job up now; retry shortly.");
+        return -1;
+    }
+    int status = rc == -EINVAL ? 400 : rc == -EALREADY ? 409 : 404;
+    access_log_simple(req, status, who->alias);
+    send_error_in(req, fin, status, status == 409 ? "invalid_request_error" : "not_found_error",
+                  status == 400 ? "invalid_job_id" : status == 409 ? "job_not_running" : "job_not_found",
+                  NULL, NULL, "%s: %s",
+                  status == 400   ? "Not a job id"
+                  : status == 409 ? "The job has ended; start a new one"
+                                  : "No such job",
+                  job);
+    return -1;
+}
+
+static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
+                            const char *endpoint, const llm_opts *o)
 {
     uint64_t t0 = clock_mono_ns();
     const config *cfg = gw->cfg;
@@ -1466,6 +1594,12 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
     if (!authenticate(gw, req, fin, &who))
         return;
     const caller *key = &who;
+    char job_id[37] = "";
+    int jr = attach_job(gw, req, fin, endpoint, o, &who, job_id);
+    if (jr < 0) {
+        caller_release(&who);
+        return;
+    }
     /* admission first: nothing is allocated for a request that is refused */
     openai_req_info info;
     chat_request creq;
@@ -1473,6 +1607,14 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
     if (read_request(req, fin, endpoint, key, &info, &creq) != 0) {
         chat_request_free(&creq);
         caller_release(&who);
+        return;
+    }
+    if (o && o->need_stream && !info.stream) {
+        chat_request_free(&creq);
+        access_log_simple(req, 400, key->alias);
+        caller_release(&who);
+        send_error_in(req, fin, 400, "invalid_request_error", "stream_required", "stream", NULL,
+                      "llm-call-stream answers a stream: send \"stream\": true.");
         return;
     }
     slice pmodel;
@@ -1546,6 +1688,7 @@ static void handle_llm(gateway *gw, http_req *req, const chat_format *fin, const
     c->cfg = config_ref(cfg);
     crypto_request_id(c->call_id);
     c->t_wall_us = clock_wall_us();
+    memcpy(c->job_id, job_id, sizeof(c->job_id));
     c->who = who; /* moved: released with the call */
     c->key = &c->who;
     key = c->key;
@@ -1880,6 +2023,66 @@ static const route routes[] = {
     {"/health/ready", HTTP_GET, "GET", handle_ready},
 };
 
+/* True when path starts with pre; *rest gets what follows (NUL-terminated
+ * copy, at most cap bytes, else false). */
+static bool path_after(slice path, const char *pre, char *rest, size_t cap)
+{
+    size_t n = strlen(pre);
+    if (path.len < n || memcmp(path.p, pre, n) != 0 || path.len - n >= cap)
+        return false;
+    memcpy(rest, path.p + n, path.len - n);
+    rest[path.len - n] = '\0';
+    return true;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* /v1/jobs..., /api/jobs/..., /api/teams/<id>/usage: true if it was one. */
+static bool route_jobs(gateway *gw, http_req *req)
+{
+    char rest[160];
+    bool v1 = path_after(req->path, "/v1/jobs", rest, sizeof(rest)) && (!rest[0] || rest[0] == '/');
+    bool api = !v1 && path_after(req->path, "/api/jobs", rest, sizeof(rest)) && rest[0] == '/';
+    bool usage = !v1 && !api && path_after(req->path, "/api/teams/", rest, sizeof(rest)) &&
+                 ends_with(rest, "/usage");
+    if (!v1 && !api && !usage)
+        return false;
+    if (api && (ends_with(rest, "/llm-call") || ends_with(rest, "/llm-call-stream"))) {
+        /* the seed's call paths: a chat completion with the job attached */
+        llm_opts o = {.need_stream = ends_with(rest, "/llm-call-stream")};
+        const char *slash = strchr(rest + 1, '/');
+        snprintf(o.job_id, sizeof(o.job_id), "%.*s", (int)(slash - rest - 1), rest + 1);
+        if (req->method != HTTP_POST) {
+            access_log_simple(req, 405, NULL);
+            send_error(req, 405, "invalid_request_error", "method_not_allowed", NULL,
+                       "Allow: POST\r\n", "Use POST.");
+        } else {
+            handle_llm_opts(gw, req, &chat_format_openai, "/chat/completions", &o);
+        }
+        return true;
+    }
+    caller who;
+    if (!authenticate(gw, req, &chat_format_openai, &who))
+        return true;
+    job_owner ow = owner_of(&who);
+    if (usage)
+        rest[strlen(rest) - 6] = '\0'; /* the team id */
+    jobs_handle(gw->jobs, &ow, req, rest, usage);
+    caller_release(&who);
+    return true;
+}
+
+static void jobs_notified(void *ud, const char *table, const char *id)
+{
+    gateway *gw = ud;
+    if (gw->jobs && strcmp(table, "jobs") == 0)
+        jobs_forget(gw->jobs, id);
+}
+
 static void on_request(http_req *req, void *ud)
 {
     gateway *gw = ud;
@@ -1902,6 +2105,8 @@ static void on_request(http_req *req, void *ud)
         routes[i].fn(gw, req);
         return;
     }
+    if (route_jobs(gw, req))
+        return;
     access_log_simple(req, 404, NULL);
     char path[160];
     size_t n = req->path.len < 120 ? req->path.len : 120;
@@ -2067,7 +2272,11 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
     if (!ledger_setup(gw, cfg)) {
         gateway_close(gw);
         gw->failed = true;
+        return gw;
     }
+    gw->jobs = jobs_new(gw->store);
+    if (gw->store)
+        store_on_notify(gw->store, jobs_notified, gw);
     return gw;
 }
 
@@ -2174,6 +2383,7 @@ void gateway_free(gateway *gw)
     tok_set_free(&gw->toks);
     prices_free(gw->prices);
     ledger_free(gw->ledger);
+    jobs_free(gw->jobs);
     store_free(gw->store);
     config_unref(gw->cfg);
     free(gw);

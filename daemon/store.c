@@ -148,6 +148,8 @@ struct store {
     tn_kind *tomb_kind;
     size_t ntombs;
     row_req *rows; /* single-row reloads in flight */
+    void (*other)(void *, const char *, const char *); /* notifications of uncached tables */
+    void *other_ud;
     void (*recover)(void *); /* the database answers again */
     void *recover_ud;
     bool db_failing;        /* the last ledger statement failed for want of the database */
@@ -777,6 +779,13 @@ static void on_notify(void *ud, const char *payload)
     }
     s->st.notifies++;
     const char *colon = strchr(payload, ':');
+    if (colon && s->other && strlen(colon + 1) == TN_ID_LEN &&
+        tn_kind_from_table(payload, (size_t)(colon - payload)) < 0) {
+        char table[64];
+        snprintf(table, sizeof(table), "%.*s", (int)(colon - payload), payload);
+        s->other(s->other_ud, table, colon + 1);
+        return;
+    }
     int kind = colon ? tn_kind_from_table(payload, (size_t)(colon - payload)) : -1;
     if (kind < 0 || strlen(colon + 1) != TN_ID_LEN) {
         log_debug(NULL, "ignoring notification '%.80s'", payload);
@@ -843,6 +852,12 @@ int store_ledger_sink(void *ud, const char *json, size_t len, size_t n, ledger_d
         return -EAGAIN;
     }
     return 0;
+}
+
+void store_on_notify(store *s, void (*fn)(void *ud, const char *table, const char *id), void *ud)
+{
+    s->other = fn;
+    s->other_ud = ud;
 }
 
 void store_on_recover(store *s, void (*fn)(void *ud), void *ud)

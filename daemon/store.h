@@ -65,6 +65,10 @@ int store_reload(store *s, tn_kind kind, const char *id, void (*done)(void *ud, 
 int store_ledger_sink(void *store, const char *json, size_t len, size_t n, ledger_done_fn done,
                       void *token);
 
+/* Notifications "<table>:<id>" of tables the cache does not hold (jobs)
+ * go to fn. */
+void store_on_notify(store *s, void (*fn)(void *ud, const char *table, const char *id), void *ud);
+
 /* Called when the database answers again after a failure (so the ledger
  * replays its spool at once). */
 void store_on_recover(store *s, void (*fn)(void *ud), void *ud);
