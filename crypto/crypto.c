@@ -2,6 +2,7 @@
 #include "crypto/crypto.h"
 
 #include <errno.h>
+#include <mbedtls/md.h>
 #include <mbedtls/sha256.h>
 #include <string.h>
 #include <sys/random.h>
@@ -9,6 +10,15 @@
 void crypto_sha256(const void *p, size_t n, uint8_t out[CRYPTO_SHA256_LEN])
 {
     mbedtls_sha256_ret((const unsigned char *)p, n, out, 0);
+}
+
+int crypto_hmac_sha256(const void *key, size_t klen, const void *p, size_t n,
+                       uint8_t out[CRYPTO_SHA256_LEN])
+{
+    const mbedtls_md_info_t *md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
+    if (!md)
+        return -ENOSYS;
+    return mbedtls_md_hmac(md, key, klen, p, n, out) == 0 ? 0 : -EINVAL;
 }
 
 void crypto_hex(const uint8_t *p, size_t n, char *out)

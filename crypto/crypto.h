@@ -14,6 +14,9 @@
 
 /* SHA-256 of n bytes into out[32]. */
 void crypto_sha256(const void *p, size_t n, uint8_t out[CRYPTO_SHA256_LEN]);
+/* HMAC-SHA256 of n bytes with a klen-byte key into out[32]. 0 or -errno. */
+int crypto_hmac_sha256(const void *key, size_t klen, const void *p, size_t n,
+                       uint8_t out[CRYPTO_SHA256_LEN]) __attribute__((warn_unused_result));
 /* Lower-case hex of n bytes into out (2n chars + NUL). */
 void crypto_hex(const uint8_t *p, size_t n, char *out);
 /* Parses 2n hex digits (either case) into out[n]. 0 or -EINVAL. */

@@ -1693,6 +1693,276 @@ static bool query_flag(slice q, const char *name)
     return false;
 }
 
+/* ------------------------------------------------------------ credits */
+
+/* credit_transactions as the API shows them. */
+static const resource credits_res = {
+    "credits", "credit_transactions", "team", NULL, NULL, 0, NULL, 0, NULL, 0, "id DESC", "id", -1,
+    R_INT_ID, NULL};
+
+#define CREDIT_OUT                                                                                 \
+    "json_build_object('id', t.id, 'team_id', t.team_id, 'amount', tollgate_usd(t.amount_nano), " \
+    "'kind', t.kind, 'reference', t.reference, 'actor', t.actor, 'note', t.note, 'at', t.at"
+
+static actx *actx_new(store *st, const config *cfg, http_req *req, const resource *r, enum op op,
+                      const char *actor, tn_role role)
+{
+    actx *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->req = req;
+    c->st = st;
+    c->cfg = config_ref(cfg);
+    c->res = r;
+    c->op = op;
+    c->role = role;
+    snprintf(c->actor, sizeof(c->actor), "%s", actor);
+    buf_init(&c->out, ADM_MAX_OUT);
+    req->app = c;
+    req->on_abort = on_abort;
+    return c;
+}
+
+/* GET /admin/teams/{id}/credits: the team's transactions, newest first
+ * (viewer). POST: a top-up, adjustment or refund {"amount": "10.00",
+ * "kind", "note"?, "reference"?} (admin); answers the transaction and the
+ * new balance. Each change is its own row: the balance is their sum. */
+static void team_credits(store *st, const config *cfg, http_req *req, const char *team,
+                         const char *actor, tn_role role)
+{
+    params p = {0};
+    buf sql;
+    json_t *body = NULL;
+    bool post = req->method == HTTP_POST;
+    if (!post && req->method != HTTP_GET) {
+        adm_error(req, actor, 405, "method_not_allowed", NULL, "Use GET or POST.");
+        return;
+    }
+    if (!is_uuid(team)) {
+        adm_error(req, actor, 404, "not_found", NULL, "no such team");
+        return;
+    }
+    if (post && role < TN_ROLE_ADMIN) {
+        adm_error(req, actor, 403, "forbidden", NULL, "This needs the admin role (this key is %s).",
+                  role_name(role));
+        return;
+    }
+    buf_init(&sql, 16 * 1024);
+    if (!post) {
+        actx *c = actx_new(st, cfg, req, &credits_res, OP_LIST, actor, role);
+        if (!c) {
+            adm_error(req, actor, 500, "internal", NULL, "out of memory");
+            goto out;
+        }
+        c->limit = ADM_DEFAULT_LIMIT;
+        param_str(&p, team);
+        if (buf_printf(&sql,
+                       "SELECT (" CREDIT_OUT ", 'balance', tollgate_usd(tm.credit_balance_nano)))"
+                       "::text FROM teams tm LEFT JOIN LATERAL (SELECT * FROM credit_transactions "
+                       "WHERE team_id = tm.id ORDER BY id DESC LIMIT %d) t ON true WHERE tm.id = "
+                       "$1::uuid AND t.id IS NOT NULL",
+                       c->limit + 1) != 0) {
+            params_free(&p);
+            fail(c, 500, "internal", NULL, "out of memory");
+            goto out;
+        }
+        c->status = 200;
+        run(c, &sql, &p);
+        goto out;
+    }
+    json_error_t je;
+    body = json_loadb(req->body.p, req->body.len, JSON_REJECT_DUPLICATES, &je);
+    const char *kind = json_string_value(json_object_get(body, "kind"));
+    json_t *amount = json_object_get(body, "amount"), *note = json_object_get(body, "note"),
+           *ref = json_object_get(body, "reference");
+    int64_t nano = 0;
+    const char *k;
+    json_t *v;
+    if (!json_is_object(body)) {
+        adm_error(req, actor, 400, "invalid_json", NULL, "The body must be a JSON object.");
+        goto out;
+    }
+    json_object_foreach(body, k, v)
+    {
+        if (strcmp(k, "kind") && strcmp(k, "amount") && strcmp(k, "note") && strcmp(k, "reference")) {
+            adm_error(req, actor, 400, "invalid_field", k, "%.60s: unknown field", k);
+            goto out;
+        }
+    }
+    if (!kind || (strcmp(kind, "topup") && strcmp(kind, "adjustment") && strcmp(kind, "refund"))) {
+        adm_error(req, actor, 400, "invalid_field", "kind",
+                  "kind: must be one of: topup, adjustment, refund");
+        goto out;
+    }
+    if (!json_is_string(amount) ||
+        money_parse(json_string_value(amount), json_string_length(amount), &nano) != 0 ||
+        nano == 0 || (strcmp(kind, "adjustment") != 0 && nano < 0)) {
+        adm_error(req, actor, 400, "invalid_field", "amount",
+                  "amount: a decimal string of credits, e.g. \"25.00\" (negative only for an "
+                  "adjustment; never 0)");
+        goto out;
+    }
+    if ((note && (!json_is_string(note) || json_string_length(note) > 1000)) ||
+        (ref && (!json_is_string(ref) || json_string_length(ref) < 1 ||
+                 json_string_length(ref) > 200))) {
+        adm_error(req, actor, 400, "invalid_field", note && !json_is_string(note) ? "note" : "reference",
+                  "note: a string of at most 1000 characters; reference: 1 to 200 characters");
+        goto out;
+    }
+    actx *c = actx_new(st, cfg, req, &credits_res, OP_CREATE, actor, role);
+    if (!c) {
+        adm_error(req, actor, 500, "internal", NULL, "out of memory");
+        goto out;
+    }
+    char num[32];
+    snprintf(num, sizeof(num), "%lld", (long long)nano);
+    param_str(&p, actor);
+    param_str(&p, team);
+    param_str(&p, num);
+    param_str(&p, kind);
+    param_str(&p, ref ? json_string_value(ref) : NULL);
+    param_str(&p, note ? json_string_value(note) : NULL);
+    if (buf_append_str(&sql,
+                       "WITH t AS (INSERT INTO credit_transactions (team_id, amount_nano, kind, "
+                       "reference, actor, note) VALUES ($2::uuid, $3::bigint, $4, $5, $1, $6) "
+                       "RETURNING *), aud AS (INSERT INTO audit_log (actor, action, entity, "
+                       "entity_id, after) SELECT $1, 'credit_' || t.kind, 'credit_transactions', "
+                       "t.id::text, to_jsonb(t) FROM t) "
+                       "SELECT (" CREDIT_OUT ", 'balance', tollgate_usd(tm.credit_balance_nano + "
+                       "t.amount_nano)))::text, t.id::text FROM t JOIN teams tm ON tm.id = "
+                       "t.team_id") != 0) {
+        params_free(&p);
+        fail(c, 500, "internal", NULL, "out of memory");
+        goto out;
+    }
+    c->status = 201;
+    run(c, &sql, &p);
+out:
+    json_decref(body);
+    buf_free(&sql);
+}
+
+/* ------------------------------------------------------------ payments */
+
+typedef struct payctx {
+    http_req *req;
+    pg_query *q;
+    bool duplicate_check;
+} payctx;
+
+static void pay_abort(http_req *req, void *ud)
+{
+    (void)ud;
+    payctx *pc = req->app;
+    if (pc->q)
+        pg_cancel(pc->q);
+    free(pc);
+}
+
+static void pay_done(void *ud, const PGresult *res, const pg_error *err)
+{
+    payctx *pc = ud;
+    http_req *req = pc->req;
+    req->app = NULL;
+    req->on_abort = NULL;
+    free(pc);
+    if (err) {
+        bool fk = err->kind == PG_ERR_SERVER && strcmp(err->sqlstate, "23503") == 0;
+        if (fk)
+            adm_error(req, "webhook", 404, "not_found", "team_id", "team_id: no such team");
+        else
+            adm_error(req, "webhook", 503, "database_unavailable", NULL,
+                      "database unavailable; the payment provider should retry");
+        return;
+    }
+    const char *row = PQntuples(res) == 1 ? pg_value(res, 0, 0) : NULL;
+    adm_log(req, 200, "webhook");
+    if (row)
+        http_respond(req, 200, "application/json", NULL, row, strlen(row));
+    else
+        http_respond(req, 200, "application/json", NULL,
+                     "{\"credited\":false,\"duplicate\":true}", 35);
+}
+
+void admin_payment_webhook(store *st, const config *cfg, http_req *req)
+{
+    slice sig = http_req_header(req, "x-tollgate-signature");
+    uint8_t mac[CRYPTO_SHA256_LEN], got[CRYPTO_SHA256_LEN];
+    json_t *body = NULL;
+    if (!st || !cfg->has_payment_secret) {
+        adm_error(req, "webhook", 404, "not_configured", NULL,
+                  "The payment webhook is not configured (billing.payment_webhook_secret and a "
+                  "database).");
+        return;
+    }
+    if (req->method != HTTP_POST) {
+        adm_error(req, "webhook", 405, "method_not_allowed", NULL, "Use POST.");
+        return;
+    }
+    /* x-tollgate-signature: sha256=<hex of HMAC-SHA256(secret, raw body)> */
+    if (sig.len != 7 + CRYPTO_SHA256_HEX_LEN || memcmp(sig.p, "sha256=", 7) != 0 ||
+        crypto_unhex(sig.p + 7, CRYPTO_SHA256_HEX_LEN, got, sizeof(got)) != 0 ||
+        crypto_hmac_sha256(cfg->payment_secret, cfg->payment_secret_len, req->body.p,
+                           req->body.len, mac) != 0 ||
+        !crypto_equal(mac, got, sizeof(mac))) {
+        adm_error(req, "webhook", 401, "invalid_signature", NULL,
+                  "x-tollgate-signature must be sha256=<hex HMAC-SHA256 of the body with the "
+                  "shared secret>.");
+        return;
+    }
+    json_error_t je;
+    body = json_loadb(req->body.p, req->body.len, JSON_REJECT_DUPLICATES, &je);
+    const char *pid = json_string_value(json_object_get(body, "payment_id"));
+    const char *team = json_string_value(json_object_get(body, "team_id"));
+    json_t *amount = json_object_get(body, "amount");
+    int64_t nano = 0;
+    if (!json_is_object(body) || !pid || !*pid || strlen(pid) > 200) {
+        adm_error(req, "webhook", 400, "invalid_field", "payment_id",
+                  "payment_id: required, 1 to 200 characters");
+        goto out;
+    }
+    if (!team || !is_uuid(team)) {
+        adm_error(req, "webhook", 400, "invalid_field", "team_id", "team_id: must be a UUID");
+        goto out;
+    }
+    if (!json_is_string(amount) ||
+        money_parse(json_string_value(amount), json_string_length(amount), &nano) != 0 ||
+        nano <= 0) {
+        adm_error(req, "webhook", 400, "invalid_field", "amount",
+                  "amount: a positive decimal string of credits, e.g. \"25.00\"");
+        goto out;
+    }
+    payctx *pc = calloc(1, sizeof(*pc));
+    if (!pc) {
+        adm_error(req, "webhook", 500, "internal", NULL, "out of memory");
+        goto out;
+    }
+    char num[32];
+    snprintf(num, sizeof(num), "%lld", (long long)nano);
+    const char *vals[3] = {team, num, pid};
+    pc->req = req;
+    req->app = pc;
+    req->on_abort = pay_abort;
+    /* credited once per payment id: (kind, reference) is unique */
+    pc->q = pg_send(store_pool(st), NULL,
+                    "WITH t AS (INSERT INTO credit_transactions (team_id, amount_nano, kind, "
+                    "reference, actor, note) VALUES ($1::uuid, $2::bigint, 'payment', $3, "
+                    "'webhook', 'payment webhook') ON CONFLICT (kind, reference) DO NOTHING "
+                    "RETURNING *) SELECT json_build_object('credited', true, 'transaction_id', "
+                    "t.id, 'team_id', t.team_id, 'amount', tollgate_usd(t.amount_nano), "
+                    "'balance', tollgate_usd(tm.credit_balance_nano + t.amount_nano))::text FROM "
+                    "t JOIN teams tm ON tm.id = t.team_id",
+                    3, vals, pay_done, pc);
+    if (!pc->q) {
+        req->app = NULL;
+        req->on_abort = NULL;
+        free(pc);
+        adm_error(req, "webhook", 503, "database_unavailable", NULL, "database unavailable");
+    }
+out:
+    json_decref(body);
+}
+
 void admin_handle(store *st, const config *cfg, http_req *req)
 {
     char seg[3][128];
@@ -1723,6 +1993,10 @@ void admin_handle(store *st, const config *cfg, http_req *req)
     }
     if (split_path(req->path, seg, &nseg) != 0 || nseg == 0) {
         adm_error(req, actor, 404, "unknown_url", NULL, "Unknown admin URL.");
+        return;
+    }
+    if (nseg == 3 && strcmp(seg[0], "teams") == 0 && strcmp(seg[2], "credits") == 0) {
+        team_credits(st, cfg, req, seg[1], actor, role);
         return;
     }
     /* /admin/organizations/{id}/credentials reads as credentials?org_id= */

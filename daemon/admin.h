@@ -28,4 +28,11 @@
  * is the current config (the handler takes its own reference). */
 void admin_handle(store *st, const config *cfg, http_req *req);
 
+/* POST /webhooks/payments: a payment provider credits a team. The body
+ * {"payment_id", "team_id", "amount": "25.00"} must carry
+ * x-tollgate-signature: sha256=<hex HMAC-SHA256(billing.payment_webhook_secret,
+ * raw body)>. Credited once per payment_id (a replay answers
+ * {"credited": false, "duplicate": true}); 401 on a bad signature. */
+void admin_payment_webhook(store *st, const config *cfg, http_req *req);
+
 #endif

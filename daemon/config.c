@@ -185,6 +185,8 @@ static const struct cfg__setting cfg__top[] = {
     {"ledger.ship_interval", CFG_MS, TOP(ledger.ship_interval_ms), "200ms", 1, 60000, 0},
     {"ledger.spool_interval", CFG_MS, TOP(ledger.spool_interval_ms), "10ms", 1, 10000, 0},
     {"instance_id", CFG_STR, TOP(instance_id), NULL, 0, 100, CFG_RESTART},
+    {"billing.payment_webhook_secret", CFG_STR, TOP(payment_secret_text), NULL, 0, 255,
+     CFG_SECRET},
 };
 static const char *const cfg__top_extra[] = {"providers", "models", "keys"};
 
@@ -1866,6 +1868,18 @@ static int ld__secrets(struct ld *ld, config *cfg, const struct ld__map *m)
             cfg->has_master_key = true;
         }
     }
+    if (rc == 0 && cfg->payment_secret_text) {
+        size_t n = strlen(cfg->payment_secret_text);
+        if (n < 16)
+            rc = ld__fail_setting(ld, m, "billing.payment_webhook_secret",
+                                  "shorter than 16 characters");
+        else {
+            memcpy(cfg->payment_secret, cfg->payment_secret_text, n);
+            cfg->payment_secret_len = n;
+            cfg->has_payment_secret = true;
+        }
+    }
+    ld__forget(&cfg->payment_secret_text);
     ld__forget(&cfg->secrets_keys_text);
     ld__forget(&cfg->secrets_pass_text);
     ld__forget(&cfg->master_key_text);

@@ -174,6 +174,10 @@ typedef struct config {
         uint32_t ship_interval_ms;  /* ledger.ship_interval: longest wait before shipping */
         uint32_t spool_interval_ms; /* ledger.spool_interval: write + fsync period */
     } ledger;
+    bool has_payment_secret;                 /* billing.payment_webhook_secret given */
+    char payment_secret[256];                /* its bytes (HMAC key of the payment webhook) */
+    size_t payment_secret_len;
+    const char *payment_secret_text;         /* private: wiped after loading */
     const char *instance_id; /* instance_id: names this instance in rows and leases; NULL = kept
                                 in the spool directory (made at first start) */
     bool has_master_key;                          /* admin.master_key given */

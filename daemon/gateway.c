@@ -2107,6 +2107,10 @@ static void on_request(http_req *req, void *ud)
     }
     if (route_jobs(gw, req))
         return;
+    if (slice_eq(req->path, "/webhooks/payments")) {
+        admin_payment_webhook(gw->store, gw->cfg, req);
+        return;
+    }
     access_log_simple(req, 404, NULL);
     char path[160];
     size_t n = req->path.len < 120 ? req->path.len : 120;
