@@ -41,6 +41,16 @@ static size_t job_slot(const char *id)
     return (size_t)(h % JOBS_SLOTS);
 }
 
+/* A job id as the cache keys it: lower case, as PostgreSQL prints a uuid
+ * (and NOTIFY names it), whatever case the client wrote. */
+static void id_lower(char dst[37], const char *id)
+{
+    size_t i = 0;
+    for (; i < 36 && id[i]; i++)
+        dst[i] = (char)tolower((unsigned char)id[i]);
+    dst[i] = '\0';
+}
+
 static job_ent *job_find(jobs *j, const char *id)
 {
     for (job_ent *e = j->slot[job_slot(id)]; e; e = e->next)
@@ -61,15 +71,18 @@ static void cache_clear(jobs *j)
     j->n = 0;
 }
 
-static void job_put(jobs *j, const char *id, const char *team_id, const char *alias, bool running)
+static void job_put(jobs *j, const char *id_in, const char *team_id, const char *alias,
+                    bool running)
 {
+    char id[37];
+    id_lower(id, id_in);
     job_ent *e = job_find(j, id);
     if (!e) {
         if (j->n >= JOBS_MAX_CACHED)
             cache_clear(j); /* rare; lookups refill what is in use */
         if (!(e = calloc(1, sizeof(*e))))
             return;
-        snprintf(e->id, sizeof(e->id), "%s", id);
+        memcpy(e->id, id, sizeof(e->id));
         size_t s = job_slot(id);
         e->next = j->slot[s];
         j->slot[s] = e;
@@ -80,8 +93,10 @@ static void job_put(jobs *j, const char *id, const char *team_id, const char *al
     e->running = running;
 }
 
-void jobs_forget(jobs *j, const char *id)
+void jobs_forget(jobs *j, const char *id_in)
 {
+    char id[37];
+    id_lower(id, id_in);
     job_ent **pp = &j->slot[job_slot(id)];
     for (; *pp; pp = &(*pp)->next) {
         if (strcmp((*pp)->id, id) == 0) {
@@ -116,7 +131,9 @@ int jobs_check(jobs *j, const job_owner *who, const char *job_id)
 {
     if (!is_uuid(job_id))
         return -EINVAL;
-    const job_ent *e = job_find(j, job_id);
+    char id[37];
+    id_lower(id, job_id);
+    const job_ent *e = job_find(j, id);
     if (!e)
         return -ENOENT;
     if (!owns(e, who))
@@ -160,7 +177,7 @@ int jobs_lookup(jobs *j, const char *job_id, void (*done)(void *ud, bool found),
     if (!lk)
         return -ENOMEM;
     lk->j = j;
-    snprintf(lk->id, sizeof(lk->id), "%s", job_id);
+    id_lower(lk->id, job_id);
     lk->done = done;
     lk->ud = ud;
     const char *params[1] = {lk->id};
@@ -340,6 +357,16 @@ static void send_summary(jreq *r)
     run(r, NULL, &summary_stmt, 1, params);
 }
 
+/* Characters of a valid UTF-8 string (jansson checked it): what
+ * PostgreSQL's length() counts. */
+static size_t utf8_chars(const char *s, size_t n)
+{
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return c;
+}
+
 static void do_create(jreq *r, http_req *req, const job_owner *who)
 {
     json_error_t je;
@@ -361,7 +388,8 @@ static void do_create(jreq *r, http_req *req, const job_owner *who)
             goto out;
         }
     }
-    if (!type || !*type || json_string_length(json_object_get(body, "type")) > 200) {
+    size_t type_chars = type ? utf8_chars(type, strlen(type)) : 0;
+    if (type_chars < 1 || type_chars > 200) {
         jerr(req, 400, "invalid_field", "type: required, a string of 1 to 200 characters");
         goto out;
     }
@@ -369,7 +397,11 @@ static void do_create(jreq *r, http_req *req, const job_owner *who)
         jerr(req, 400, "invalid_field", "metadata: must be a JSON object");
         goto out;
     }
-    meta_text = json_dumps(meta ? meta : json_object(), JSON_COMPACT);
+    meta_text = meta ? json_dumps(meta, JSON_COMPACT) : strdup("{}");
+    if (!meta_text) {
+        jerr(req, 500, "internal", "out of memory");
+        goto out;
+    }
     const char *params[5] = {who->team_id, who->key_id, who->key_alias, type, meta_text};
     run(r,
         "WITH j AS (INSERT INTO jobs (team_id, key_id, key_alias, type, metadata) VALUES "
@@ -467,6 +499,7 @@ void jobs_handle(jobs *j, const job_owner *who, http_req *req, const char *rest,
         free(r);
         return;
     }
+    id_lower(r->id, r->id);
     if (!slash) {
         if (req->method != HTTP_GET)
             goto method;
