@@ -77,6 +77,8 @@ typedef struct tn_team {
     bool suspended;               /* status = 'suspended': its keys are refused */
     tn_budget_mode budget_mode;
     int64_t tokens_per_credit;
+    int64_t max_budget_nano;     /* the team's budget; -1 = none */
+    int64_t org_max_budget_nano; /* its organization's; -1 = none */
 } tn_team;
 
 typedef struct tn_key {

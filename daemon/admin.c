@@ -110,6 +110,8 @@ static const char *const roles[] = {"owner", "admin", "viewer", NULL};
 
 static const afield org_fields[] = {
     {"name", NULL, FT_TEXT, AF_REQUIRED, 1, 200, NULL},
+    {"max_budget", "max_budget_nano", FT_USD, AF_NULL, 0, 0, NULL},
+    {"budget_duration", NULL, FT_DURATION, AF_NULL, 0, 0, NULL},
     {"metadata", NULL, FT_OBJECT, 0, 0, 0, NULL},
 };
 
@@ -118,6 +120,8 @@ static const afield team_fields[] = {
     {"name", NULL, FT_TEXT, AF_REQUIRED, 1, 200, NULL},
     {"budget_mode", NULL, FT_ENUM, 0, 0, 0, budget_modes},
     {"tokens_per_credit", NULL, FT_INT, 0, 1, INT64_C(1000000000000), NULL},
+    {"max_budget", "max_budget_nano", FT_USD, AF_NULL, 0, 0, NULL},
+    {"budget_duration", NULL, FT_DURATION, AF_NULL, 0, 0, NULL},
     {"metadata", NULL, FT_OBJECT, 0, 0, 0, NULL},
 };
 static const afield team_filters[] = {
@@ -212,11 +216,14 @@ static const afield audit_filters[] = {
 };
 
 static const resource resources[] = {
-    {"organizations", "organizations", "organization", "id, name, metadata, " TS, org_fields,
+    {"organizations", "organizations", "organization",
+     "id, name, tollgate_usd(max_budget_nano) AS max_budget, budget_duration, metadata, " TS,
+     org_fields,
      N(org_fields), NULL, 0, NULL, 0, "created_at, id", "id", -1, 0, NULL},
     {"teams", "teams", "team",
      "id, org_id, name, status, budget_mode, tokens_per_credit, "
-     "tollgate_usd(credit_balance_nano) AS credit_balance, metadata, " TS,
+     "tollgate_usd(credit_balance_nano) AS credit_balance, tollgate_usd(max_budget_nano) AS "
+     "max_budget, budget_duration, metadata, " TS,
      team_fields, N(team_fields), team_filters, N(team_filters), team_actions, N(team_actions),
      "created_at, id", "id", TN_TEAM, 0, NULL},
     {"keys", "virtual_keys", "key",
@@ -528,7 +535,8 @@ static bool is_duration(const char *s)
         i++;
     if (i == 0 || i > 6 || (s[0] == '0'))
         return false;
-    return strcmp(s + i, "h") == 0 || strcmp(s + i, "d") == 0 || strcmp(s + i, "mo") == 0;
+    return strcmp(s + i, "s") == 0 || strcmp(s + i, "m") == 0 || strcmp(s + i, "h") == 0 ||
+           strcmp(s + i, "d") == 0 || strcmp(s + i, "mo") == 0;
 }
 
 /* RFC 3339: 2026-01-31T12:00:00Z, with optional fraction and offset. */
@@ -599,7 +607,7 @@ static int check_text(const config *cfg, const afield *f, const char *s, verr *e
         enum_list(f->enums, list, sizeof(list));
         return enum_ok(f->enums, s) ? 0 : bad(e, f->name, "must be one of: %s", list);
     case FT_DURATION:
-        return is_duration(s) ? 0 : bad(e, f->name, "must be a duration like 1h, 7d, 30d or 1mo");
+        return is_duration(s) ? 0 : bad(e, f->name, "must be a duration like 30s, 15m, 1h, 7d, 30d or 1mo");
     case FT_TIME:
         return is_time(s)
                    ? 0

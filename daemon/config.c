@@ -187,6 +187,10 @@ static const struct cfg__setting cfg__top[] = {
     {"instance_id", CFG_STR, TOP(instance_id), NULL, 0, 100, CFG_RESTART},
     {"billing.payment_webhook_secret", CFG_STR, TOP(payment_secret_text), NULL, 0, 255,
      CFG_SECRET},
+    {"budgets.lease_ttl", CFG_MS, TOP(budgets.lease_ttl_ms), "30s", 1000, 3600000, 0},
+    {"budgets.wait", CFG_MS, TOP(budgets.wait_ms), "2s", 10, 60000, 0},
+    {"budgets.default_max_output", CFG_U32, TOP(budgets.default_max_output), "4096", 1, 10000000,
+     0},
 };
 static const char *const cfg__top_extra[] = {"providers", "models", "keys"};
 

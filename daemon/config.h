@@ -174,6 +174,12 @@ typedef struct config {
         uint32_t ship_interval_ms;  /* ledger.ship_interval: longest wait before shipping */
         uint32_t spool_interval_ms; /* ledger.spool_interval: write + fsync period */
     } ledger;
+    struct {
+        uint32_t lease_ttl_ms;       /* budgets.lease_ttl: a lease not renewed lapses */
+        uint32_t wait_ms;            /* budgets.wait: longest wait of a call for a lease */
+        uint32_t default_max_output; /* budgets.default_max_output: output tokens assumed when a
+                                        call sets no cap (its worst case) */
+    } budgets;
     bool has_payment_secret;                 /* billing.payment_webhook_secret given */
     char payment_secret[256];                /* its bytes (HMAC key of the payment webhook) */
     size_t payment_secret_len;

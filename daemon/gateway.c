@@ -22,6 +22,7 @@
 #include "daemon/http_server.h"
 #include "daemon/httpc.h"
 #include "daemon/jobs.h"
+#include "daemon/leases.h"
 #include "daemon/store.h"
 #include "daemon/tls.h"
 #include "daemon/version.h"
@@ -64,6 +65,7 @@ struct gateway {
     store *store;             /* PostgreSQL state and the tenancy cache; NULL in DB-less mode */
     ledger *ledger;           /* one row per call: spool, then the database */
     jobs *jobs;               /* jobs and the running-job cache */
+    leases *leases;           /* budget leases (with a database) */
     char instance[128];       /* this instance's id (rows, leases) */
     void (*drained)(void *);  /* gateway_drain's callback, after the ledger drained */
     void *drained_ud;
@@ -94,6 +96,7 @@ static void caller_release(caller *who)
 }
 
 enum call_phase {
+    CALL_ADMITTING, /* waiting for a budget lease */
     CALL_UPSTREAM,  /* waiting for the upstream's status line */
     CALL_STREAMING, /* relaying an SSE body */
     CALL_BUFFERING, /* collecting a non-stream (or error) body */
@@ -158,6 +161,9 @@ typedef struct call {
     int64_t cache_write;           /* prompt tokens written to the cache (provider usage) */
     char call_id[33];              /* the ledger's id of this call */
     char job_id[37];               /* the job it is attached to, or "" */
+    lease_claim claim;             /* what it holds of its budgets (worst case) */
+    int64_t worst;                 /* its worst-case price */
+    lease_wait *wait;              /* waiting for a lease */
     int64_t t_wall_us;             /* wall-clock start (the ledger row's `at`) */
 } call;
 
@@ -459,6 +465,8 @@ static void call_log(call *c)
     buf_free(&b);
     call_ledger(c, &u, (int64_t)((now - req->t_start_ns) / 1000),
                 c->t_first_ns ? (int64_t)((c->t_first_ns - req->t_start_ns) / 1000) : -1);
+    if (c->claim.n && c->gw->leases)
+        leases_settle(c->gw->leases, &c->claim, u.price > 0 ? u.price : 0);
 }
 
 /* The call is over for the client: log, release. */
@@ -495,11 +503,19 @@ static const char *upstream_error_code(const char *err)
     return "upstream_unavailable";
 }
 
+static void call_unclaim(call *c);
+
 static void call_on_abort(http_req *req, void *ud)
 {
     call *c = ud;
     (void)req;
     uint64_t t0 = clock_mono_ns();
+    if (c->phase == CALL_ADMITTING) { /* never started: no row, nothing spent */
+        call_unclaim(c);
+        c->req = NULL;
+        call_free(c);
+        return;
+    }
     if (c->up) {
         upstream_abort(c->up); /* closes the upstream connection at once */
         c->up = NULL;
@@ -1585,6 +1601,213 @@ static int attach_job(gateway *gw, http_req *req, const chat_format *fin, const 
     return -1;
 }
 
+/* Admitted: builds the upstream request and starts the call. */
+static void call_go(call *c)
+{
+    uint64_t t0 = clock_mono_ns();
+    gateway *gw = c->gw;
+    http_req *req = c->req;
+    const chat_format *fin = c->fin;
+    const caller *key = c->key;
+    const config *cfg = c->cfg;
+    slice pmodel = {c->provider_model, strlen(c->provider_model)};
+    chat_error ce;
+    memset(&ce, 0, sizeof ce);
+    int brc = build_upstream_request(c, &pmodel, &ce);
+    if (brc == -EINVAL && ce.status)
+        goto refuse;
+    if (brc != 0) {
+        access_log_simple(req, 500, key->alias);
+        call_unclaim(c);
+        req->app = NULL;
+        req->on_abort = NULL;
+        c->req = NULL;
+        call_free(c);
+        send_error_in(req, fin, 500, "server_error", NULL, NULL, NULL,
+                      "could not build the upstream request");
+        return;
+    }
+    req->app = c;
+    req->on_abort = call_on_abort;
+    req->on_drain = call_on_drain;
+    c->phase = CALL_UPSTREAM;
+    c->t_upstream_ns = clock_mono_ns();
+    int rc;
+    if (c->prov->type == CONFIG_PROVIDER_MOCK) {
+        rc = mock_call_start(gw->loop, &c->prov->mock, gateway_mock_state(gw, cfg, c->prov),
+                             c->up_body.data, c->up_body.len, c->info.stream, &call_callbacks, c,
+                             &c->up);
+    } else {
+        const config_provider *p = c->prov;
+        httpc_target t = {
+            .host = p->url.host,
+            .port = p->url.port,
+            .tls = p->url.tls,
+            .tls_verify = p->tls_verify,
+            .ca_file = p->ca_file,
+            .max_connections = p->pool_max_connections,
+            .idle_timeout_ms = p->pool_idle_timeout_ms,
+        };
+        httpc_timeouts to = {
+            .connect_ms = p->timeouts.connect_ms,
+            .tls_ms = p->timeouts.tls_ms,
+            .first_byte_ms = p->timeouts.first_byte_ms,
+            .idle_ms = p->timeouts.idle_ms,
+            .total_ms = p->timeouts.total_ms,
+        };
+        uv_buf_t bufs[2] = {uv_buf_init(c->up_head.data, (unsigned)c->up_head.len),
+                            uv_buf_init(c->up_body.data, (unsigned)c->up_body.len)};
+        rc = httpc_call_start(gw->pool, &t, &to, bufs, 2, &call_callbacks, c, &c->up);
+    }
+    c->overhead_ns += clock_mono_ns() - t0;
+    c->sent = rc == 0;
+    if (rc != 0) {
+        c->error = "could not start the upstream call";
+        c->status = 502;
+        call_end(c);
+        send_error_in(req, fin, 502, "upstream_error", "upstream_unavailable", NULL, NULL,
+                      "could not start the upstream call");
+    }
+    return;
+
+refuse:
+    /* the upstream's format cannot carry this request: a 400 naming why */
+    access_log_simple(req, ce.status, key->alias);
+    call_unclaim(c);
+    req->app = NULL;
+    req->on_abort = NULL;
+    c->req = NULL;
+    call_free(c);
+    send_chat_error(req, fin, &ce, NULL);
+}
+
+/* ------------------------------------------------------------ budgets */
+
+/* The call's worst-case customer price: its prompt and its output cap (or
+ * budgets.default_max_output tokens) at the alias's price. BYOK calls and
+ * unpriced models cost the customer nothing here. */
+static int64_t call_worst_price(const call *c)
+{
+    if (c->credential && strstr(c->credential, "byok"))
+        return 0;
+    int64_t out = c->info.max_completion_tokens >= 0 ? c->info.max_completion_tokens
+                  : c->info.max_tokens >= 0         ? c->info.max_tokens
+                  : c->creq.max_tokens > 0          ? c->creq.max_tokens
+                                                    : (int64_t)c->cfg->budgets.default_max_output;
+    int64_t in_rate = -1, out_rate = -1;
+    if (c->model->price.given) {
+        in_rate = c->model->price.input;
+        out_rate = c->model->price.output;
+    } else {
+        const char *cp = catalog_provider(c->prov->type);
+        const price_entry *pe = cp && c->gw->prices
+                                    ? prices_find(c->gw->prices, cp, c->provider_model)
+                                    : NULL;
+        if (pe) {
+            in_rate = pe->input_above_200k > pe->input ? pe->input_above_200k : pe->input;
+            out_rate = pe->output_above_200k > pe->output ? pe->output_above_200k : pe->output;
+        }
+    }
+    if (in_rate < 0)
+        return 0;
+    return money_cost((int64_t)c->prompt_est, in_rate) + money_cost(out, out_rate);
+}
+
+/* Gives back what the call holds of its budgets (price 0: it never ran). */
+static void call_unclaim(call *c)
+{
+    if (c->wait) {
+        leases_cancel(c->wait);
+        c->wait = NULL;
+    }
+    if (c->claim.n && c->gw->leases)
+        leases_settle(c->gw->leases, &c->claim, 0);
+}
+
+static void call_refuse_budget(call *c, const lease_refusal *r)
+{
+    http_req *req = c->req;
+    const chat_format *fin = c->fin;
+    char msg[400], max[MONEY_FMT_MAX], spent[MONEY_FMT_MAX], reset[64] = "";
+    const char *who = strcmp(r->scope, "key") == 0 ? "key" : strcmp(r->scope, "team") == 0 ? "team" : "organization";
+    money_format(r->max, max, sizeof max);
+    money_format(r->spent, spent, sizeof spent);
+    if (r->reset_at_us > 0) {
+        time_t t = (time_t)(r->reset_at_us / 1000000);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(reset, sizeof reset, "; it resets at %Y-%m-%dT%H:%M:%SZ", &tm);
+    }
+    if (r->status == 402)
+        snprintf(msg, sizeof msg,
+                 "Budget exhausted for this %s (%s): $%s of $%s spent this period, not enough "
+                 "left for this call%s.",
+                 who, r->id, spent, max, reset[0] ? reset : " (it does not reset)");
+    else
+        snprintf(msg, sizeof msg,
+                 "The budget of this %s cannot be checked right now (database unreachable); no "
+                 "call is admitted past a budget unchecked. Retry shortly.",
+                 who);
+    access_log_simple(req, r->status, c->key->alias);
+    req->app = NULL;
+    req->on_abort = NULL;
+    c->req = NULL;
+    call_free(c);
+    send_error_in(req, fin, r->status,
+                  r->status == 402 ? (fin->id == CHAT_FMT_OPENAI ? "insufficient_quota" : "billing_error")
+                                   : (fin->id == CHAT_FMT_OPENAI ? "server_error" : "api_error"),
+                  r->status == 402 ? "budget_exceeded" : "budget_unavailable", NULL,
+                  r->status == 503 ? "retry-after: 1\r\n" : NULL, "%s", msg);
+}
+
+static void call_budget_ready(void *ud, int rc, const lease_refusal *r)
+{
+    call *c = ud;
+    c->wait = NULL;
+    if (rc != 0) {
+        call_refuse_budget(c, r);
+        return;
+    }
+    call_go(c);
+}
+
+/* Admission against the key's, team's and org's budgets. 0: admitted (go
+ * on); else the call waits for a lease (call_budget_ready continues it) or
+ * was refused and answered. */
+static int call_admit_budgets(call *c)
+{
+    gateway *gw = c->gw;
+    const tn_key *k = c->who.key;
+    const tn_team *t = c->who.team;
+    if (!gw->leases || !k)
+        return 0;
+    budget_ref refs[LEASES_MAX_REFS];
+    size_t n = 0;
+    if (k->max_budget_nano >= 0)
+        refs[n++] = (budget_ref){"key", k->e.id.s};
+    if (t && t->max_budget_nano >= 0)
+        refs[n++] = (budget_ref){"team", t->e.id.s};
+    if (t && t->org_max_budget_nano >= 0)
+        refs[n++] = (budget_ref){"org", t->org_id.s};
+    if (!n)
+        return 0;
+    c->worst = call_worst_price(c);
+    lease_refusal r;
+    memset(&r, 0, sizeof r);
+    int rc = leases_admit(gw->leases, refs, n, c->worst, &c->claim, call_budget_ready, c, &c->wait,
+                          &r);
+    if (rc == 0)
+        return 0;
+    if (rc == 1) {
+        c->req->app = c;
+        c->req->on_abort = call_on_abort;
+        c->phase = CALL_ADMITTING;
+        return 1;
+    }
+    call_refuse_budget(c, &r);
+    return -1;
+}
+
 static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
                             const char *endpoint, const llm_opts *o)
 {
@@ -1729,58 +1952,10 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
                         ? meter_prompt_openai(enc, gw->work, req->body.p, req->body.len)
                         : prompt_tokens_of(enc, gw->work, &c->creq);
     pick_credential(gw, c);
-    int brc = build_upstream_request(c, &pmodel, &ce);
-    if (brc == -EINVAL && ce.status)
-        goto refuse;
-    if (brc != 0) {
-        access_log_simple(req, 500, key->alias);
-        c->req = NULL;
-        call_free(c);
-        send_error_in(req, fin, 500, "server_error", NULL, NULL, NULL,
-                      "could not build the upstream request");
-        return;
-    }
-    req->app = c;
-    req->on_abort = call_on_abort;
-    req->on_drain = call_on_drain;
-    c->phase = CALL_UPSTREAM;
-    c->t_upstream_ns = clock_mono_ns();
-    int rc;
-    if (c->prov->type == CONFIG_PROVIDER_MOCK) {
-        rc = mock_call_start(gw->loop, &c->prov->mock, gateway_mock_state(gw, cfg, c->prov),
-                             c->up_body.data, c->up_body.len, c->info.stream, &call_callbacks, c,
-                             &c->up);
-    } else {
-        const config_provider *p = c->prov;
-        httpc_target t = {
-            .host = p->url.host,
-            .port = p->url.port,
-            .tls = p->url.tls,
-            .tls_verify = p->tls_verify,
-            .ca_file = p->ca_file,
-            .max_connections = p->pool_max_connections,
-            .idle_timeout_ms = p->pool_idle_timeout_ms,
-        };
-        httpc_timeouts to = {
-            .connect_ms = p->timeouts.connect_ms,
-            .tls_ms = p->timeouts.tls_ms,
-            .first_byte_ms = p->timeouts.first_byte_ms,
-            .idle_ms = p->timeouts.idle_ms,
-            .total_ms = p->timeouts.total_ms,
-        };
-        uv_buf_t bufs[2] = {uv_buf_init(c->up_head.data, (unsigned)c->up_head.len),
-                            uv_buf_init(c->up_body.data, (unsigned)c->up_body.len)};
-        rc = httpc_call_start(gw->pool, &t, &to, bufs, 2, &call_callbacks, c, &c->up);
-    }
     c->overhead_ns += clock_mono_ns() - t0;
-    c->sent = rc == 0;
-    if (rc != 0) {
-        c->error = "could not start the upstream call";
-        c->status = 502;
-        call_end(c);
-        send_error_in(req, fin, 502, "upstream_error", "upstream_unavailable", NULL, NULL,
-                      "could not start the upstream call");
-    }
+    if (call_admit_budgets(c) != 0)
+        return; /* waiting for a lease, or refused */
+    call_go(c);
     return;
 
 refuse:
@@ -2279,8 +2454,11 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
         return gw;
     }
     gw->jobs = jobs_new(gw->store);
-    if (gw->store)
+    if (gw->store) {
         store_on_notify(gw->store, jobs_notified, gw);
+        gw->leases = leases_new(loop, gw->store, gw->instance, cfg->budgets.lease_ttl_ms,
+                                cfg->budgets.wait_ms);
+    }
     return gw;
 }
 
@@ -2336,13 +2514,24 @@ static void ledger_drained(void *ud)
     gw->drained(gw->drained_ud);
 }
 
-static void http_drained(void *ud)
+static void leases_drained(void *ud)
 {
     gateway *gw = ud;
     if (gw->ledger)
         ledger_drain(gw->ledger, ledger_drained, gw);
     else
         gw->drained(gw->drained_ud);
+}
+
+/* After the last connection: report spend and return the leases, then
+ * flush the ledger. */
+static void http_drained(void *ud)
+{
+    gateway *gw = ud;
+    if (gw->leases)
+        leases_drain(gw->leases, leases_drained, gw);
+    else
+        leases_drained(gw);
 }
 
 void gateway_drain(gateway *gw, void (*done)(void *), void *ud)
@@ -2361,6 +2550,8 @@ void gateway_close(gateway *gw)
     httpc_pool_close(gw->pool);
     if (gw->ledger)
         ledger_close(gw->ledger);
+    if (gw->leases)
+        leases_close(gw->leases);
     if (gw->store)
         store_close(gw->store);
 }
@@ -2388,6 +2579,7 @@ void gateway_free(gateway *gw)
     prices_free(gw->prices);
     ledger_free(gw->ledger);
     jobs_free(gw->jobs);
+    leases_free(gw->leases);
     store_free(gw->store);
     config_unref(gw->cfg);
     free(gw);

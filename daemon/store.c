@@ -34,8 +34,9 @@
  * version (updated_at in microseconds). */
 #define VERSION_COL "(extract(epoch from updated_at) * 1000000)::bigint"
 static const char *const kind_select[TN_NKINDS] = {
-    [TN_TEAM] = "SELECT id, org_id, name, status, budget_mode, tokens_per_credit, " VERSION_COL
-                " FROM teams",
+    [TN_TEAM] = "SELECT t.id, t.org_id, t.name, t.status, t.budget_mode, t.tokens_per_credit, "
+                "(extract(epoch from t.updated_at) * 1000000)::bigint, t.max_budget_nano, "
+                "o.max_budget_nano FROM teams t JOIN organizations o ON o.id = t.org_id",
     [TN_KEY] = "SELECT id, encode(key_hash, 'hex'), key_prefix, alias, team_id, "
                "array_to_json(models)::text, array_to_json(access_groups)::text, rpm, tpm, "
                "max_budget_nano, budget_duration, "
@@ -77,9 +78,10 @@ static void store_sql_init(void)
         return;
     for (int k = 0; k < TN_NKINDS; k++) {
         kind_sql *q = &store_sql[k];
-        snprintf(q->page, sizeof(q->page), "%s WHERE id > $1::uuid%s ORDER BY id LIMIT %d",
-                 kind_select[k], k == TN_CRED ? " AND active" : "", STORE_PAGE);
-        snprintf(q->row, sizeof(q->row), "%s WHERE id = $1::uuid", kind_select[k]);
+        const char *id = k == TN_TEAM ? "t.id" : "id"; /* teams join their org */
+        snprintf(q->page, sizeof(q->page), "%s WHERE %s > $1::uuid%s ORDER BY %s LIMIT %d",
+                 kind_select[k], id, k == TN_CRED ? " AND active" : "", id, STORE_PAGE);
+        snprintf(q->row, sizeof(q->row), "%s WHERE %s = $1::uuid", kind_select[k], id);
         q->page_stmt = (pg_stmt){stmt_names[k][0], q->page, 1};
         q->row_stmt = (pg_stmt){stmt_names[k][1], q->row, 1};
     }
@@ -266,6 +268,8 @@ static tn_entry *parse_team(const PGresult *r, int i)
                                                                      : TN_BUDGET_USD;
     t->tokens_per_credit = val_i64(r, i, 5, 10000);
     e->version = val_i64(r, i, 6, 0);
+    t->max_budget_nano = val_i64(r, i, 7, -1);
+    t->org_max_budget_nano = val_i64(r, i, 8, -1);
     return e;
 }
 
