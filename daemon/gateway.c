@@ -1524,14 +1524,18 @@ static void job_wait_abort(http_req *req, void *ud)
     free(w);
 }
 
-static void job_wait_done(void *ud, bool found)
+static void job_wait_done(void *ud, int found)
 {
     job_wait *w = ud;
     http_req *req = w->req;
     req->app = NULL;
     req->on_abort = NULL;
-    if (found) {
+    if (found > 0) {
         handle_llm_opts(w->gw, req, w->fin, w->endpoint, &w->o);
+    } else if (found < 0) {
+        access_log_simple(req, 503, NULL);
+        send_error_in(req, w->fin, 503, "server_error", "database_unavailable", NULL,
+                      "retry-after: 1\r\n", "Cannot look the job up now; retry shortly.");
     } else {
         access_log_simple(req, 404, NULL);
         send_error_in(req, w->fin, 404, "not_found_error", "job_not_found", NULL, NULL,
@@ -2254,7 +2258,9 @@ static bool route_jobs(gateway *gw, http_req *req)
 static void jobs_notified(void *ud, const char *table, const char *id)
 {
     gateway *gw = ud;
-    if (gw->jobs && strcmp(table, "jobs") == 0)
+    if (gw->jobs && !table)
+        jobs_forget_all(gw->jobs);
+    else if (gw->jobs && strcmp(table, "jobs") == 0)
         jobs_forget(gw->jobs, id);
 }
 

@@ -148,19 +148,19 @@ static const pg_stmt job_owner_stmt = {
 typedef struct lookup {
     jobs *j;
     char id[37];
-    void (*done)(void *, bool);
+    void (*done)(void *, int);
     void *ud;
 } lookup;
 
 static void lookup_done(void *ud, const PGresult *res, const pg_error *err)
 {
     lookup *lk = ud;
-    bool found = false;
+    int found = err ? -1 : 0;
     if (!err && PQntuples(res) == 1) {
         const char *st = pg_value(res, 0, 2);
         job_put(lk->j, lk->id, pg_value(res, 0, 0), pg_value(res, 0, 1),
                 st && strcmp(st, "running") == 0);
-        found = true;
+        found = 1;
     } else if (err) {
         log_warn(NULL, "job %s: lookup failed: %s", lk->id, err->message);
     }
@@ -168,7 +168,7 @@ static void lookup_done(void *ud, const PGresult *res, const pg_error *err)
     free(lk);
 }
 
-int jobs_lookup(jobs *j, const char *job_id, void (*done)(void *ud, bool found), void *ud,
+int jobs_lookup(jobs *j, const char *job_id, void (*done)(void *ud, int found), void *ud,
                 pg_query **q)
 {
     if (!j->st)
@@ -521,6 +521,11 @@ method:
     free(r);
     jerr(req, 405, "method_not_allowed", "Method %s is not allowed here.",
          llhttp_method_name(req->method));
+}
+
+void jobs_forget_all(jobs *j)
+{
+    cache_clear(j);
 }
 
 jobs *jobs_new(store *st)

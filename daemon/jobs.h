@@ -49,13 +49,17 @@ void jobs_handle(jobs *j, const job_owner *who, http_req *req, const char *rest,
  * 404); -EALREADY the job has ended (answer 409); -EINVAL not a UUID. */
 int jobs_check(jobs *j, const job_owner *who, const char *job_id);
 
-/* Loads job_id into the cache; done(ud, found) from the loop. 0 or
+/* Loads job_id into the cache; done(ud, found) from the loop: found 1,
+ * 0 no such job, -1 the database could not answer. 0 or
  * -ENOMEM/-ESHUTDOWN (then done never runs). *q (may be NULL) receives
  * the query for pg_cancel. */
-int jobs_lookup(jobs *j, const char *job_id, void (*done)(void *ud, bool found), void *ud,
+int jobs_lookup(jobs *j, const char *job_id, void (*done)(void *ud, int found), void *ud,
                 pg_query **q);
 
 /* A job's row changed somewhere (NOTIFY jobs:<id>): forget it. */
 void jobs_forget(jobs *j, const char *job_id);
+/* Notifications may have been missed (the listener reconnected): forget
+ * every cached job (each is looked up again at its next call). */
+void jobs_forget_all(jobs *j);
 
 #endif

@@ -779,6 +779,8 @@ static void on_notify(void *ud, const char *payload)
         log_info(NULL, "listening for cache changes on '%s'; reloading the cache", STORE_CHANNEL);
         if (s->schema_ok)
             load_start(s);
+        if (s->other) /* what other caches hold may have changed unheard */
+            s->other(s->other_ud, NULL, NULL);
         return;
     }
     s->st.notifies++;

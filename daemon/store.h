@@ -66,7 +66,8 @@ int store_ledger_sink(void *store, const char *json, size_t len, size_t n, ledge
                       void *token);
 
 /* Notifications "<table>:<id>" of tables the cache does not hold (jobs)
- * go to fn. */
+ * go to fn; after the listener (re)connects fn(ud, NULL, NULL): forget
+ * everything (a notification may have been missed). */
 void store_on_notify(store *s, void (*fn)(void *ud, const char *table, const char *id), void *ud);
 
 /* Called when the database answers again after a failure (so the ledger
