@@ -163,6 +163,7 @@ typedef struct call {
     char job_id[37];               /* the job it is attached to, or "" */
     lease_claim claim;             /* what it holds of its budgets (worst case) */
     int64_t worst;                 /* its worst-case price */
+    int64_t budget_left;           /* the tightest budget's remainder at admission; -1 none */
     lease_wait *wait;              /* waiting for a lease */
     int64_t t_wall_us;             /* wall-clock start (the ledger row's `at`) */
 } call;
@@ -338,6 +339,24 @@ static void call_usage_of(const call *c, call_usage *u)
     }
     if (c->credential && strstr(c->credential, "byok"))
         u->price = 0; /* the caller's own provider key: recorded, never charged */
+}
+
+/* x-tollgate-cost-usd (what the call is charged, when known: whole
+ * answers) and x-tollgate-budget-remaining-usd (the tightest budget's
+ * remainder at admission, for budgeted keys). */
+static void money_headers(const call *c, const call_usage *u, char *out, size_t cap)
+{
+    char m[MONEY_FMT_MAX];
+    size_t o = 0;
+    out[0] = '\0';
+    if (u && u->price >= 0) {
+        money_format(u->price, m, sizeof m);
+        o += (size_t)snprintf(out + o, cap - o, "x-tollgate-cost-usd: %s\r\n", m);
+    }
+    if (c->budget_left >= 0 && o < cap) {
+        money_format(c->budget_left, m, sizeof m);
+        snprintf(out + o, cap - o, "x-tollgate-budget-remaining-usd: %s\r\n", m);
+    }
 }
 
 static int append_money(buf *b, const char *name, int64_t nano)
@@ -720,9 +739,11 @@ static int call_on_head(upstream_call *up, int status, const upstream_header *hd
         c->status = 200;
         uint64_t now = clock_mono_ns();
         c->overhead_ns += now - t0;
-        char hdr[1400];
-        snprintf(hdr, sizeof(hdr), "Cache-Control: no-cache\r\nx-tollgate-overhead-us: %" PRIu64 "\r\n%s",
-                 c->overhead_ns / 1000, c->up_headers);
+        char hdr[1400], extra[128];
+        money_headers(c, NULL, extra, sizeof extra);
+        snprintf(hdr, sizeof(hdr),
+                 "Cache-Control: no-cache\r\nx-tollgate-overhead-us: %" PRIu64 "\r\n%s%s",
+                 c->overhead_ns / 1000, extra, c->up_headers);
         if (http_stream_start(c->req, 200, "text/event-stream; charset=utf-8", hdr) != 0) {
             c->up = NULL; /* released by returning -1; on_abort follows from the loop */
             return -1;
@@ -995,9 +1016,12 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
     c->bytes_out = body.len;
     c->t_first_ns = clock_mono_ns();
     c->overhead_ns += c->t_first_ns - t0;
-    char hdr[1400];
-    snprintf(hdr, sizeof(hdr), "x-tollgate-overhead-us: %" PRIu64 "\r\n%s", c->overhead_ns / 1000,
-             c->up_headers);
+    char hdr[1400], extra[128];
+    call_usage u;
+    call_usage_of(c, &u);
+    money_headers(c, &u, extra, sizeof extra);
+    snprintf(hdr, sizeof(hdr), "x-tollgate-overhead-us: %" PRIu64 "\r\n%s%s",
+             c->overhead_ns / 1000, extra, c->up_headers);
     http_req *r = c->req;
     int st = c->status;
     call_end(c);
@@ -1772,6 +1796,7 @@ static void call_budget_ready(void *ud, int rc, const lease_refusal *r)
         call_refuse_budget(c, r);
         return;
     }
+    c->budget_left = leases_remaining(&c->claim);
     call_go(c);
 }
 
@@ -1800,8 +1825,10 @@ static int call_admit_budgets(call *c)
     memset(&r, 0, sizeof r);
     int rc = leases_admit(gw->leases, refs, n, c->worst, &c->claim, call_budget_ready, c, &c->wait,
                           &r);
-    if (rc == 0)
+    if (rc == 0) {
+        c->budget_left = leases_remaining(&c->claim);
         return 0;
+    }
     if (rc == 1) {
         c->req->app = c;
         c->req->on_abort = call_on_abort;
@@ -1915,6 +1942,7 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     c->cfg = config_ref(cfg);
     crypto_request_id(c->call_id);
     c->t_wall_us = clock_wall_us();
+    c->budget_left = -1;
     memcpy(c->job_id, job_id, sizeof(c->job_id));
     c->who = who; /* moved: released with the call */
     c->key = &c->who;
