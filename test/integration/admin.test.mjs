@@ -147,7 +147,9 @@ describe('admin API', () => {
     it('organizations: create, get, list, update, delete, with audit rows', T, async () => {
       const org = await admin.create('organizations', { name: 'crud-org', metadata: { tier: 'gold' } });
       assert.match(org.id, UUID);
-      assert.deepEqual(Object.keys(org).sort(), ['created_at', 'id', 'metadata', 'name', 'updated_at']);
+      assert.deepEqual(Object.keys(org).sort(), ['budget_duration', 'created_at', 'id', 'max_budget', 'metadata', 'name', 'updated_at']);
+      assert.equal(org.max_budget, null);
+      assert.equal(org.budget_duration, null);
       assert.equal(org.name, 'crud-org');
       assert.deepEqual(org.metadata, { tier: 'gold' });
       assert.match(org.created_at, TIME);
