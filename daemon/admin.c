@@ -218,8 +218,7 @@ static const afield audit_filters[] = {
 static const resource resources[] = {
     {"organizations", "organizations", "organization",
      "id, name, tollgate_usd(max_budget_nano) AS max_budget, budget_duration, metadata, " TS,
-     org_fields,
-     N(org_fields), NULL, 0, NULL, 0, "created_at, id", "id", -1, 0, NULL},
+     org_fields, N(org_fields), NULL, 0, NULL, 0, "created_at, id", "id", -1, 0, NULL},
     {"teams", "teams", "team",
      "id, org_id, name, status, budget_mode, tokens_per_credit, "
      "tollgate_usd(credit_balance_nano) AS credit_balance, tollgate_usd(max_budget_nano) AS "
@@ -607,7 +606,9 @@ static int check_text(const config *cfg, const afield *f, const char *s, verr *e
         enum_list(f->enums, list, sizeof(list));
         return enum_ok(f->enums, s) ? 0 : bad(e, f->name, "must be one of: %s", list);
     case FT_DURATION:
-        return is_duration(s) ? 0 : bad(e, f->name, "must be a duration like 30s, 15m, 1h, 7d, 30d or 1mo");
+        return is_duration(s)
+                   ? 0
+                   : bad(e, f->name, "must be a duration like 30s, 15m, 1h, 7d, 30d or 1mo");
     case FT_TIME:
         return is_time(s)
                    ? 0
@@ -1704,12 +1705,17 @@ static bool query_flag(slice q, const char *name)
 /* ------------------------------------------------------------ credits */
 
 /* credit_transactions as the API shows them. */
-static const resource credits_res = {
-    "credits", "credit_transactions", "team", NULL, NULL, 0, NULL, 0, NULL, 0, "id DESC", "id", -1,
-    R_INT_ID, NULL};
+static const resource credits_res = {"credits", "credit_transactions",
+                                     "team",    NULL,
+                                     NULL,      0,
+                                     NULL,      0,
+                                     NULL,      0,
+                                     "id DESC", "id",
+                                     -1,        R_INT_ID,
+                                     NULL};
 
 #define CREDIT_OUT                                                                                 \
-    "json_build_object('id', t.id, 'team_id', t.team_id, 'amount', tollgate_usd(t.amount_nano), " \
+    "json_build_object('id', t.id, 'team_id', t.team_id, 'amount', tollgate_usd(t.amount_nano), "  \
     "'kind', t.kind, 'reference', t.reference, 'actor', t.actor, 'note', t.note, 'at', t.at"
 
 static actx *actx_new(store *st, const config *cfg, http_req *req, const resource *r, enum op op,
@@ -1792,7 +1798,8 @@ static void team_credits(store *st, const config *cfg, http_req *req, const char
     }
     json_object_foreach(body, k, v)
     {
-        if (strcmp(k, "kind") && strcmp(k, "amount") && strcmp(k, "note") && strcmp(k, "reference")) {
+        if (strcmp(k, "kind") && strcmp(k, "amount") && strcmp(k, "note") &&
+            strcmp(k, "reference")) {
             adm_error(req, actor, 400, "invalid_field", k, "%.60s: unknown field", k);
             goto out;
         }
@@ -1811,9 +1818,10 @@ static void team_credits(store *st, const config *cfg, http_req *req, const char
         goto out;
     }
     if ((note && (!json_is_string(note) || json_string_length(note) > 1000)) ||
-        (ref && (!json_is_string(ref) || json_string_length(ref) < 1 ||
-                 json_string_length(ref) > 200))) {
-        adm_error(req, actor, 400, "invalid_field", note && !json_is_string(note) ? "note" : "reference",
+        (ref &&
+         (!json_is_string(ref) || json_string_length(ref) < 1 || json_string_length(ref) > 200))) {
+        adm_error(req, actor, 400, "invalid_field",
+                  note && !json_is_string(note) ? "note" : "reference",
                   "note: a string of at most 1000 characters; reference: 1 to 200 characters");
         goto out;
     }
@@ -1848,6 +1856,229 @@ static void team_credits(store *st, const config *cfg, http_req *req, const char
 out:
     json_decref(body);
     buf_free(&sql);
+}
+
+/* ------------------------------------------------------------ usage */
+
+/* Grouping dimensions of the usage report: the query word, the column of
+ * usage_daily, the same of calls, and the name in the answer. */
+static const struct {
+    const char *word, *daily, *calls, *name;
+} usage_dims[] = {
+    {"day", "day", "(at AT TIME ZONE 'UTC')::date", "day"},
+    {"model", "requested_model", "requested_model", "model"},
+    {"provider", "provider", "provider", "provider"},
+    {"org", "org_id", "org_id", "org_id"},
+    {"team", "team_id", "team_id", "team_id"},
+    {"key", "key_alias", "key_alias", "key_alias"},
+    {"job", "job_id", "job_id", "job_id"},
+};
+
+typedef struct usageq {
+    char from[16], to[16];
+    unsigned dims; /* bit i: usage_dims[i] */
+    char team[40], org[40], key[40], job[40];
+    verr *e;
+    bool for_key; /* /v1/usage: org and team filters and dimensions are not offered */
+} usageq;
+
+static bool is_date(const char *s)
+{
+    return strlen(s) == 10 && isdigit((unsigned char)s[0]) && isdigit((unsigned char)s[3]) &&
+           s[4] == '-' && isdigit((unsigned char)s[5]) && isdigit((unsigned char)s[6]) &&
+           s[7] == '-' && isdigit((unsigned char)s[8]) && isdigit((unsigned char)s[9]);
+}
+
+static int usage_param(void *ud, const char *name, const char *value)
+{
+    usageq *u = ud;
+    if (strcmp(name, "from") == 0 || strcmp(name, "to") == 0) {
+        if (!is_date(value))
+            return bad(u->e, name, "must be a date YYYY-MM-DD (UTC)");
+        snprintf(name[0] == 'f' ? u->from : u->to, sizeof(u->from), "%s", value);
+        return 0;
+    }
+    if (strcmp(name, "group_by") == 0) {
+        char buf2[512];
+        snprintf(buf2, sizeof(buf2), "%s", value);
+        for (char *tok = strtok(buf2, ","); tok; tok = strtok(NULL, ",")) {
+            size_t i;
+            for (i = 0; i < N(usage_dims); i++)
+                if (strcmp(usage_dims[i].word, tok) == 0)
+                    break;
+            if (i == N(usage_dims) || (u->for_key && (i == 3 || i == 4)))
+                return bad(u->e, "group_by",
+                           "'%.40s' is not one of: day, model, provider%s, key, job", tok,
+                           u->for_key ? "" : ", org, team");
+            u->dims |= 1u << i;
+        }
+        return 0;
+    }
+    char *dst = strcmp(name, "team_id") == 0 && !u->for_key  ? u->team
+                : strcmp(name, "org_id") == 0 && !u->for_key ? u->org
+                : strcmp(name, "job_id") == 0                ? u->job
+                                                             : NULL;
+    if (!dst)
+        return bad(u->e, name, "unknown query parameter");
+    if (!is_uuid(value))
+        return bad(u->e, name, "must be a UUID");
+    snprintf(dst, 40, "%s", value);
+    return 0;
+}
+
+/* Sums from the daily rollup and latency percentiles from the calls, per
+ * group, for a date range: one statement. */
+static int usage_sql(const usageq *u, buf *sql, params *p, const char *key_id, const char *alias)
+{
+    buf g, gc, on, where, wherec;
+    int rc;
+    buf_init(&g, 1024);
+    buf_init(&gc, 1024);
+    buf_init(&on, 1024);
+    buf_init(&where, 1024);
+    buf_init(&wherec, 1024);
+    rc = buf_append_str(&g, "") || buf_append_str(&gc, "") || buf_append_str(&on, "true");
+    for (size_t i = 0; !rc && i < N(usage_dims); i++) {
+        if (!(u->dims & (1u << i)))
+            continue;
+        rc = buf_printf(&g, "%s%s AS %s", g.len ? ", " : "", usage_dims[i].daily,
+                        usage_dims[i].name);
+        if (!rc)
+            rc = buf_printf(&gc, "%s%s AS %s", gc.len ? ", " : "", usage_dims[i].calls,
+                            usage_dims[i].name);
+        if (!rc)
+            rc = buf_printf(&on, " AND s.%s IS NOT DISTINCT FROM p.%s", usage_dims[i].name,
+                            usage_dims[i].name);
+    }
+    int n1 = param_str(p, u->from), n2 = param_str(p, u->to);
+    if (!rc)
+        rc = buf_printf(&where, "day >= $%d::date AND day <= $%d::date", n1, n2);
+    if (!rc)
+        rc = buf_printf(&wherec,
+                        "at >= ($%d::date)::timestamp AT TIME ZONE 'UTC' AND at < ($%d::date + 1)"
+                        "::timestamp AT TIME ZONE 'UTC'",
+                        n1, n2);
+    struct {
+        const char *v, *col;
+    } f[] = {{u->team, "team_id"}, {u->org, "org_id"}, {u->job, "job_id"}, {key_id, "key_id"}};
+    for (size_t i = 0; !rc && i < sizeof(f) / sizeof(f[0]); i++) {
+        if (!f[i].v || !f[i].v[0])
+            continue;
+        int n = param_str(p, f[i].v);
+        rc = buf_printf(&where, " AND %s = $%d::uuid", f[i].col, n);
+        if (!rc)
+            rc = buf_printf(&wherec, " AND %s = $%d::uuid", f[i].col, n);
+    }
+    if (!rc && alias) { /* a config key: its rows by alias, without a key id */
+        int n = param_str(p, alias);
+        rc = buf_printf(&where, " AND key_id IS NULL AND key_alias = $%d", n);
+        if (!rc)
+            rc = buf_printf(&wherec, " AND key_id IS NULL AND key_alias = $%d", n);
+    }
+    bool grouped = g.len > 0;
+    char gb[64] = "";
+    for (size_t i = 0, k = 0; i < N(usage_dims); i++)
+        if (u->dims & (1u << i)) {
+            size_t o = strlen(gb);
+            snprintf(gb + o, sizeof(gb) - o, "%s%zu", k ? ", " : "", k + 1);
+            k++;
+        }
+    if (!rc)
+        rc = buf_printf(
+            sql,
+            "WITH s AS (SELECT %s%ssum(requests) AS requests, sum(errors) AS errors, "
+            "sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens, "
+            "sum(cached_tokens) AS cached_tokens, sum(cost_nano)::bigint AS cost_nano, "
+            "sum(price_nano)::bigint AS price_nano, sum(latency_us_sum)::bigint AS "
+            "latency_us_total "
+            "FROM usage_daily WHERE %s%s%s), "
+            "p AS (SELECT %s%spercentile_cont(0.5) WITHIN GROUP (ORDER BY latency_us) AS p50, "
+            "percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_us) AS p95, "
+            "percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_us) AS p99, "
+            "percentile_cont(0.5) WITHIN GROUP (ORDER BY ttft_us) AS ttft50 "
+            "FROM calls WHERE %s%s%s) "
+            "SELECT json_build_object('object', 'usage', 'from', $%d::date, 'to', $%d::date, "
+            "'data', coalesce(json_agg(json_strip_nulls(to_json(x))), '[]'))::text FROM (SELECT "
+            "s.*, tollgate_usd(s.cost_nano) AS cost, tollgate_usd(s.price_nano) AS price, "
+            "tollgate_usd(s.price_nano - s.cost_nano) AS margin, "
+            "round((s.latency_us_total::numeric / "
+            "nullif(s.requests, 0)) / 1000, 3) AS avg_latency_ms, round(p.p50::numeric / 1000, 3) "
+            "AS p50_latency_ms, round(p.p95::numeric / 1000, 3) AS p95_latency_ms, "
+            "round(p.p99::numeric / 1000, 3) AS p99_latency_ms, round(p.ttft50::numeric / 1000, 3) "
+            "AS p50_ttft_ms FROM s LEFT JOIN p ON %s WHERE s.requests IS NOT NULL) x",
+            g.data, grouped ? ", " : "", where.data, grouped ? " GROUP BY " : "", gb, gc.data,
+            grouped ? ", " : "", wherec.data, grouped ? " GROUP BY " : "", gb, n1, n2, on.data);
+    buf_free(&g);
+    buf_free(&gc);
+    buf_free(&on);
+    buf_free(&where);
+    buf_free(&wherec);
+    return rc;
+}
+
+static const resource usage_res = {"usage", "usage_daily", "usage", NULL, NULL, 0,   NULL, 0, NULL,
+                                   0,       "day",         "day",   -1,   0,    NULL};
+
+/* GET /admin/usage and GET /v1/usage (key_id or alias set: that key only). */
+static void usage_run(store *st, const config *cfg, http_req *req, const char *actor, tn_role role,
+                      const char *key_id, const char *alias)
+{
+    usageq u;
+    verr e = {0};
+    params p = {0};
+    buf sql;
+    memset(&u, 0, sizeof(u));
+    u.e = &e;
+    u.for_key = key_id || alias;
+    if (req->method != HTTP_GET) {
+        adm_error(req, actor, 405, "method_not_allowed", NULL, "Use GET.");
+        return;
+    }
+    /* default: the last 30 days, today included (UTC) */
+    time_t now = time(NULL), then = now - 29 * 86400;
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(u.to, sizeof(u.to), "%Y-%m-%d", &tm);
+    gmtime_r(&then, &tm);
+    strftime(u.from, sizeof(u.from), "%Y-%m-%d", &tm);
+    int rc = query_each(req->query, usage_param, &u);
+    if (rc) {
+        adm_error(req, actor, 400, "invalid_query", e.param[0] ? e.param : NULL, "%s",
+                  e.msg[0] ? e.msg : "not a valid query string");
+        return;
+    }
+    if (strcmp(u.from, u.to) > 0) {
+        adm_error(req, actor, 400, "invalid_query", "from", "from: after to");
+        return;
+    }
+    buf_init(&sql, 64 * 1024);
+    if (usage_sql(&u, &sql, &p, key_id, key_id ? NULL : alias) != 0) {
+        params_free(&p);
+        buf_free(&sql);
+        adm_error(req, actor, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    actx *c = actx_new(st, cfg, req, &usage_res, OP_GET, actor, role);
+    if (!c) {
+        params_free(&p);
+        buf_free(&sql);
+        adm_error(req, actor, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    c->status = 200;
+    run(c, &sql, &p);
+    buf_free(&sql);
+}
+
+void admin_key_usage(store *st, const config *cfg, http_req *req, const char *key_id,
+                     const char *alias)
+{
+    if (!st) {
+        adm_error(req, alias, 503, "no_database", NULL,
+                  "Usage needs a database (database.url); without one the spool holds it.");
+        return;
+    }
+    usage_run(st, cfg, req, alias ? alias : "key", TN_ROLE_VIEWER, key_id, alias);
 }
 
 /* ------------------------------------------------------------ payments */
@@ -1888,8 +2119,8 @@ static void pay_done(void *ud, const PGresult *res, const pg_error *err)
     if (row)
         http_respond(req, 200, "application/json", NULL, row, strlen(row));
     else
-        http_respond(req, 200, "application/json", NULL,
-                     "{\"credited\":false,\"duplicate\":true}", 35);
+        http_respond(req, 200, "application/json", NULL, "{\"credited\":false,\"duplicate\":true}",
+                     35);
 }
 
 void admin_payment_webhook(store *st, const config *cfg, http_req *req)
@@ -1910,8 +2141,8 @@ void admin_payment_webhook(store *st, const config *cfg, http_req *req)
     /* x-tollgate-signature: sha256=<hex of HMAC-SHA256(secret, raw body)> */
     if (sig.len != 7 + CRYPTO_SHA256_HEX_LEN || memcmp(sig.p, "sha256=", 7) != 0 ||
         crypto_unhex(sig.p + 7, CRYPTO_SHA256_HEX_LEN, got, sizeof(got)) != 0 ||
-        crypto_hmac_sha256(cfg->payment_secret, cfg->payment_secret_len, req->body.p,
-                           req->body.len, mac) != 0 ||
+        crypto_hmac_sha256(cfg->payment_secret, cfg->payment_secret_len, req->body.p, req->body.len,
+                           mac) != 0 ||
         !crypto_equal(mac, got, sizeof(mac))) {
         adm_error(req, "webhook", 401, "invalid_signature", NULL,
                   "x-tollgate-signature must be sha256=<hex HMAC-SHA256 of the body with the "
@@ -2001,6 +2232,10 @@ void admin_handle(store *st, const config *cfg, http_req *req)
     }
     if (split_path(req->path, seg, &nseg) != 0 || nseg == 0) {
         adm_error(req, actor, 404, "unknown_url", NULL, "Unknown admin URL.");
+        return;
+    }
+    if (nseg == 1 && strcmp(seg[0], "usage") == 0) {
+        usage_run(st, cfg, req, actor, role, NULL, NULL);
         return;
     }
     if (nseg == 3 && strcmp(seg[0], "teams") == 0 && strcmp(seg[2], "credits") == 0) {

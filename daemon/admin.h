@@ -28,6 +28,12 @@
  * is the current config (the handler takes its own reference). */
 void admin_handle(store *st, const config *cfg, http_req *req);
 
+/* GET /v1/usage: the calling key's own usage (key_id for a database key,
+ * else its alias for a config key), the same report as GET /admin/usage
+ * without the org and team dimensions. */
+void admin_key_usage(store *st, const config *cfg, http_req *req, const char *key_id,
+                     const char *alias);
+
 /* POST /webhooks/payments: a payment provider credits a team. The body
  * {"payment_id", "team_id", "amount": "25.00"} must carry
  * x-tollgate-signature: sha256=<hex HMAC-SHA256(billing.payment_webhook_secret,

@@ -2316,6 +2316,14 @@ static void on_request(http_req *req, void *ud)
     }
     if (route_jobs(gw, req))
         return;
+    if (slice_eq(req->path, "/v1/usage")) {
+        caller who;
+        if (authenticate(gw, req, &chat_format_openai, &who)) {
+            admin_key_usage(gw->store, gw->cfg, req, who.key ? who.key->e.id.s : NULL, who.alias);
+            caller_release(&who);
+        }
+        return;
+    }
     if (slice_eq(req->path, "/webhooks/payments")) {
         admin_payment_webhook(gw->store, gw->cfg, req);
         return;
