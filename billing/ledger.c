@@ -48,6 +48,7 @@ typedef struct segment {
     uint64_t bytes;      /* durable bytes */
     uint64_t acked;      /* bytes acknowledged live */
     uint64_t replay_off; /* replay: bytes acknowledged from the start */
+    uint64_t reject_off; /* replay: corrupt lines before it are in rejected.jsonl already */
     bool closed;
     bool replay;           /* must be (re)shipped from disk */
     bool remove;           /* replayed whole: unlink once no live batch of it is in flight */
@@ -393,6 +394,7 @@ static void ship_live(ledger *l)
         rc = buf_append_str(&sh->json, "]");
     if (rc || ship(l, sh) != 0) {
         /* could not even start: the rows are on disk; replay them later */
+        l->st.batches_failed++;
         for (batch *b = sh->batches, *n; b; b = n) {
             n = b->next;
             b->seg->inflight--;
@@ -401,7 +403,7 @@ static void ship_live(ledger *l)
         }
         buf_free(&sh->json);
         free(sh);
-        l->live = false;
+        go_replay(l); /* the rest of the queue too: its segments may go once replayed */
         l->failing = true;
         uv_timer_start(&l->retry_timer, retry_timer_cb, l->o.retry_ms, 0);
     }
@@ -450,6 +452,23 @@ static void rejected_append(ledger *l, const char *line, size_t n)
     close(fd);
 }
 
+/* A row of a one-by-one retry that failed for want of the database (not
+ * for its data): back into the open batch, written and shipped again like
+ * a new row. */
+static void respool_row(ledger *l, const char *line, size_t n)
+{
+    size_t mark = l->cur.len;
+    if (buf_append(&l->cur, line, n) != 0 || buf_append(&l->cur, "\n", 1) != 0) {
+        l->cur.len = mark;
+        log_error(NULL, "ledger: out of memory: a row is kept in %s/" LEDGER_REJECTED, l->dir);
+        rejected_append(l, line, n);
+        return;
+    }
+    l->cur_rows++;
+    if (l->closing && !l->writing)
+        sync_write_cur(l);
+}
+
 /* The database refused a shipment's data (not a connection problem):
  * ship its rows one by one; a row refused alone is kept in
  * rejected.jsonl and logged, so one bad row never blocks the ledger. */
@@ -472,7 +491,7 @@ static void split_rows(ledger *l, const char *arr, size_t n)
         if (buf_append_str(&one->json, "[") || buf_append(&one->json, it.p, it.n) ||
             buf_append_str(&one->json, "]") || buf_append(&one->line, it.p, it.n) ||
             ship(l, one) != 0) {
-            rejected_append(l, it.p, it.n);
+            respool_row(l, it.p, it.n);
             buf_free(&one->json);
             buf_free(&one->line);
             free(one);
@@ -490,6 +509,8 @@ static void ship_done(void *token, int status)
     if (sh->single) {
         if (status == 0) {
             l->st.rows_shipped++;
+        } else if (status != -EINVAL) {
+            respool_row(l, sh->line.data, sh->line.len);
         } else {
             log_error(NULL,
                       "ledger: the database refused a row (kept in %s/" LEDGER_REJECTED "): %.200s",
@@ -637,10 +658,12 @@ static void replay_step(ledger *l)
             if (e > i && jscan_validate(l->rbuf.data + i, e - i, 64, &je) == 0) {
                 if (buf_append(&lines, l->rbuf.data + i, e - i + 1) != 0)
                     break;
-            } else if (e > i) {
+            } else if (e > i && l->rread - l->rbuf.len + i >= s->reject_off) {
+                /* once: a slice that failed is read again */
                 log_error(NULL, "ledger: %s: a corrupt row at offset %" PRIu64 " is set aside",
                           s->path, l->rread - l->rbuf.len + i);
                 rejected_append(l, l->rbuf.data + i, e - i);
+                s->reject_off = l->rread - l->rbuf.len + e + 1;
             }
             i = e + 1;
         }
@@ -661,9 +684,14 @@ static void replay_step(ledger *l)
             return;
         }
         if (ship(l, sh) != 0) {
+            l->st.batches_failed++;
             l->rbusy = false;
             buf_free(&sh->json);
             free(sh);
+            /* the slice goes again: back to the last acknowledged offset
+             * (its lines are gone from rbuf) */
+            l->rread = s->replay_off;
+            buf_reset(&l->rbuf);
             l->failing = true;
             uv_timer_start(&l->retry_timer, retry_timer_cb, l->o.retry_ms, 0);
         }
@@ -686,11 +714,14 @@ static void replay_step(ledger *l)
     }
     /* read more */
     if (l->rbuf.len > LEDGER_MAX_LINE) {
-        log_error(NULL,
-                  "ledger: %s: a line longer than %u bytes; the rest of the segment is "
-                  "set aside",
-                  s->path, LEDGER_MAX_LINE);
-        rejected_append(l, l->rbuf.data, l->rbuf.len);
+        if (l->rread - l->rbuf.len >= s->reject_off) {
+            log_error(NULL,
+                      "ledger: %s: a line longer than %u bytes; the rest of the segment is "
+                      "set aside",
+                      s->path, LEDGER_MAX_LINE);
+            rejected_append(l, l->rbuf.data, l->rbuf.len);
+            s->reject_off = s->bytes;
+        }
         buf_reset(&l->rbuf);
         l->rread = s->bytes;
         replay_step(l);
@@ -751,6 +782,44 @@ static void replay_read_cb(uv_fs_t *req)
 
 /* ------------------------------------------------------------ writing */
 
+static void queue_push(ledger *l, batch *b)
+{
+    *l->queue_tail = b;
+    l->queue_tail = &b->next;
+    l->queue_rows += b->rows;
+}
+
+/* Queues a durable batch for live shipping in pieces of at most
+ * batch_rows rows: one write may hold more rows than a statement may
+ * carry (ledger.h: batch_rows). Out of memory, the rest goes whole. */
+static void queue_live(ledger *l, batch *b)
+{
+    size_t off = 0;
+    while (b->rows > l->o.batch_rows) {
+        size_t end = off;
+        for (uint32_t k = 0; k < l->o.batch_rows; k++) { /* b->rows newlines follow off */
+            const char *nl = memchr(b->data.data + end, '\n', b->data.len - end);
+            end = (size_t)(nl - b->data.data) + 1;
+        }
+        batch *p = calloc(1, sizeof(*p));
+        if (p)
+            buf_init(&p->data, b->data.max);
+        if (!p || buf_append(&p->data, b->data.data + off, end - off) != 0) {
+            free(p);
+            break;
+        }
+        p->rows = l->o.batch_rows;
+        p->seg = b->seg;
+        p->t_ns = b->t_ns;
+        b->rows -= p->rows;
+        queue_push(l, p);
+        off = end;
+    }
+    if (off)
+        buf_consume(&b->data, off);
+    queue_push(l, b);
+}
+
 static void write_done(ledger *l, int status)
 {
     batch *b = l->writing;
@@ -780,9 +849,7 @@ static void write_done(ledger *l, int status)
     l->st.rows_durable += b->rows;
     b->t_ns = clock_mono_ns();
     if (l->sink && l->live && !s->replay) {
-        *l->queue_tail = b;
-        l->queue_tail = &b->next;
-        l->queue_rows += b->rows;
+        queue_live(l, b);
         if (l->queue_rows > 8 * (size_t)l->o.batch_rows && l->ships >= 2) {
             /* the database is slower than the traffic (or about to fail):
              * memory holds no more; what is queued is on disk, replayed */

@@ -75,8 +75,12 @@ int ledger_row_json(const ledger_row *r, const char *instance, buf *out) LEDGER_
 /* The database side, given by the daemon. sink() starts shipping rows
  * (a JSON array text of len bytes, n rows) and later calls done(token, 0)
  * when the database has them, or done(token, <0) when it could not (the
- * ledger then spools and replays). It may return <0 at once instead
- * (nothing shipped, done never called). */
+ * ledger then spools and replays). done(token, -EINVAL) says the database
+ * refused the data itself: the rows go again one by one, and a row refused
+ * alone (-EINVAL again) is kept in <spool_dir>/rejected.jsonl; a one-row
+ * retry failing otherwise goes back to the spool. It may return <0 at once
+ * instead (nothing shipped, done never called). At most batch_rows rows
+ * go in one call. */
 typedef void (*ledger_done_fn)(void *token, int status);
 typedef int (*ledger_sink_fn)(void *sink_ud, const char *json, size_t len, size_t n,
                               ledger_done_fn done, void *token);

@@ -40,6 +40,28 @@ async function pgtmp(cmd, dir) {
   }
 }
 
+/**
+ * Stops the server of the cluster in dir with `pg_ctl -m immediate` (no
+ * checkpoint, backends killed at once: a crash as far as clients and
+ * recovery are concerned), keeping the data; pgtmp.sh resume restarts it.
+ */
+async function pgCtlStopImmediate(dir) {
+  const bindir = fs.readdirSync('/usr/lib/postgresql')
+    .filter((v) => fs.existsSync(path.join('/usr/lib/postgresql', v, 'bin', 'pg_ctl')))
+    .sort((a, b) => Number(a) - Number(b))
+    .map((v) => path.join('/usr/lib/postgresql', v, 'bin'))
+    .pop();
+  if (!bindir) throw new Error('pg_ctl not found under /usr/lib/postgresql/*/bin');
+  const argv = [path.join(bindir, 'pg_ctl'), '-D', path.join(dir, 'data'), '-m', 'immediate', '-w', 'stop'];
+  // as pgtmp.sh does: as root, the server belongs to "postgres"
+  const [cmd, ...args] = process.getuid() === 0 ? ['runuser', '-u', 'postgres', '--', ...argv] : argv;
+  try {
+    await execFileP(cmd, args);
+  } catch (e) {
+    throw new Error(`pg_ctl stop -m immediate failed: ${e.stderr || e.message}`);
+  }
+}
+
 /** Parses "host=H port=P user=U dbname=D" (pgtmp.sh's output, no quoting). */
 function parseConninfo(conninfo) {
   const out = {};
@@ -75,8 +97,9 @@ function psql(conninfo, sql, params = []) {
  * conninfo/url name the database "tollgate"; createDatabase(name) makes
  * another empty one and returns {name, conninfo, url, query}. pause() and
  * resume() (async) stop and restart the server on the same port, keeping the
- * data; stop() (sync) stops it and removes dir, and may be called any number
- * of times.
+ * data (pause({immediate: true}) stops it as a crash would: -m immediate);
+ * stop() (sync) stops it and removes dir, and may be called any number of
+ * times.
  */
 export async function startPg() {
   const dir = fs.mkdtempSync('/tmp/tgpg.');
@@ -113,8 +136,10 @@ export async function startPg() {
       main.query(`CREATE DATABASE ${name}`);
       return database(name);
     },
-    async pause() {
-      await pgtmp('pause', dir);
+    /** immediate: `pg_ctl stop -m immediate` (a crash) instead of -m fast. */
+    async pause({ immediate = false } = {}) {
+      if (immediate) await pgCtlStopImmediate(dir);
+      else await pgtmp('pause', dir);
     },
     async resume() {
       await pgtmp('resume', dir);
