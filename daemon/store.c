@@ -569,6 +569,8 @@ static void load_finish(store *s)
                  ts.entries[TN_BYOK], ts.entries[TN_ADMIN]);
     }
     tenants_set_loaded(s->cache, true);
+    if (s->recover) /* the database answers: the ledger may ship its spool now */
+        s->recover(s->recover_ud);
     if (s->load_again) {
         s->load_again = false;
         load_start(s);

@@ -136,7 +136,9 @@ function binaryProblem() {
 export async function runTollgate(args, { timeoutMs = 10000, env = {} } = {}) {
   const problem = binaryProblem();
   if (problem) throw new Error(problem);
-  const child = spawn(TOLLGATE_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  // its own working directory: a daemon it starts keeps its spool there
+  const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'tollgate-run-'));
+  const child = spawn(TOLLGATE_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, cwd });
   live.add(child);
   let stdout = '';
   let stderr = '';
@@ -149,6 +151,7 @@ export async function runTollgate(args, { timeoutMs = 10000, env = {} } = {}) {
   });
   clearTimeout(timer);
   live.delete(child);
+  fs.rmSync(cwd, { recursive: true, force: true });
   return { code, signal, stdout, stderr };
 }
 
