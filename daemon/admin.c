@@ -1080,6 +1080,24 @@ static void run(actx *c, const buf *sql, params *p)
              "database unavailable: too many queued statements");
 }
 
+/* Runs a statement built with result rc (0, or -EINVAL with e naming the
+ * field, or another error), or answers why it could not be built; frees
+ * sql either way. */
+static void run_built(actx *c, int rc, buf *sql, params *p, int status, const verr *e)
+{
+    if (rc == -EINVAL && e) {
+        params_free(p);
+        fail(c, 400, "invalid_field", e->param, e->msg);
+    } else if (rc) {
+        params_free(p);
+        fail(c, 500, "internal", NULL, "could not build the statement");
+    } else {
+        c->status = status;
+        run(c, sql, p);
+    }
+    buf_free(sql);
+}
+
 /* "to_jsonb(x) - 'secret_enc' - 'key_hash'": audit images without secrets. */
 #define MASKED(x) "to_jsonb(" x ") - 'secret_enc' - 'key_hash'"
 
@@ -1239,21 +1257,7 @@ static void do_create(actx *c, json_t *body)
         rc = select_out(&sql, r, "new");
 out:
     buf_free(&vals);
-    if (rc == -EINVAL) {
-        params_free(&p);
-        buf_free(&sql);
-        fail(c, 400, "invalid_field", e.param, e.msg);
-        return;
-    }
-    if (rc) {
-        params_free(&p);
-        buf_free(&sql);
-        fail(c, 500, "internal", NULL, "could not build the statement");
-        return;
-    }
-    c->status = 201;
-    run(c, &sql, &p);
-    buf_free(&sql);
+    run_built(c, rc, &sql, &p, 201, &e);
 }
 
 /* UPDATE of the row id: set is the SET list (from the body or an action). */
@@ -1350,21 +1354,7 @@ static void do_update(actx *c, const char *id, const char *action, const char *s
         rc = select_out(&sql, r, "new");
 out:
     buf_free(&set);
-    if (rc == -EINVAL) {
-        params_free(&p);
-        buf_free(&sql);
-        fail(c, 400, "invalid_field", e.param, e.msg);
-        return;
-    }
-    if (rc) {
-        params_free(&p);
-        buf_free(&sql);
-        fail(c, 500, "internal", NULL, "could not build the statement");
-        return;
-    }
-    c->status = 200;
-    run(c, &sql, &p);
-    buf_free(&sql);
+    run_built(c, rc, &sql, &p, 200, &e);
 }
 
 /* POST /admin/credentials/{id}/activate: this one becomes the org's active
@@ -1396,15 +1386,7 @@ static void do_activate(actx *c, const char *id)
                                "new AS (SELECT * FROM upd WHERE id = $2::uuid)");
     if (!rc)
         rc = select_out(&sql, r, "new");
-    if (rc) {
-        params_free(&p);
-        buf_free(&sql);
-        fail(c, 500, "internal", NULL, "could not build the statement");
-        return;
-    }
-    c->status = 200;
-    run(c, &sql, &p);
-    buf_free(&sql);
+    run_built(c, rc, &sql, &p, 200, NULL);
 }
 
 static void do_delete(actx *c, const char *id)
@@ -1431,15 +1413,7 @@ static void do_delete(actx *c, const char *id)
         rc = buf_printf(&sql, " SELECT old.%s::text, %s, old.%s::text FROM old", r->idcol,
                         group ? "(SELECT string_agg(id::text, ',') FROM cleared)" : "NULL",
                         r->idcol);
-    if (rc) {
-        params_free(&p);
-        buf_free(&sql);
-        fail(c, 500, "internal", NULL, "could not build the statement");
-        return;
-    }
-    c->status = 200;
-    run(c, &sql, &p);
-    buf_free(&sql);
+    run_built(c, rc, &sql, &p, 200, NULL);
 }
 
 static void do_get(actx *c, const char *id)
@@ -1465,15 +1439,7 @@ static void do_get(actx *c, const char *id)
                         "SELECT row_to_json(o)::text FROM (SELECT %s FROM %s WHERE %s = $1%s) o",
                         r->out, r->table, r->idcol, idcast(r));
     }
-    if (rc) {
-        params_free(&p);
-        buf_free(&sql);
-        fail(c, 500, "internal", NULL, "could not build the statement");
-        return;
-    }
-    c->status = 200;
-    run(c, &sql, &p);
-    buf_free(&sql);
+    run_built(c, rc, &sql, &p, 200, NULL);
 }
 
 /* ------------------------------------------------------------ query strings */

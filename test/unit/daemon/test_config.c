@@ -393,7 +393,7 @@ static void test_errors_top_level(void **state)
     (void)state;
     fake_env = NULL;
     expect_error("listen: 127.0.0.1:8080\nlistn: x\n", "t.yaml:2: listn: unknown key",
-                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, database, secrets, admin, ledger, instance_id, providers", NULL);
+                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, database, secrets, admin, ledger, instance_id, billing, budgets, providers", NULL);
     expect_error("log:\n  level: info\n  colour: true\n", "t.yaml:3: log.colour: unknown key",
                  "level, access", NULL);
     expect_error("timeouts.header: 5s\n", "t.yaml:1:", "unknown key", NULL);
@@ -1282,6 +1282,36 @@ static void test_database_and_secrets(void **state)
                  NULL);
     expect_error("database: {cache_refresh: 10ms}\n", "database.cache_refresh", NULL, NULL);
     expect_error("database: {uri: x}\n", "database.uri: unknown key", NULL, NULL);
+
+    /* ledger, budgets and the payment webhook secret */
+    cfg = load_ok("ledger: {spool_dir: /tmp/x, spool_max_bytes: 2MiB, batch_rows: 7, "
+                  "ship_interval: 50ms, spool_interval: 5ms}\n"
+                  "budgets: {lease_ttl: 2s, wait: 300ms, default_max_output: 1000}\n"
+                  "billing: {payment_webhook_secret: \"whsec-0123456789abcdef\"}\n"
+                  "instance_id: i-1\n");
+    assert_string_equal(cfg->ledger.spool_dir, "/tmp/x");
+    assert_int_equal(cfg->ledger.spool_max_bytes, 2u << 20);
+    assert_int_equal(cfg->ledger.batch_rows, 7);
+    assert_int_equal(cfg->ledger.ship_interval_ms, 50);
+    assert_int_equal(cfg->ledger.spool_interval_ms, 5);
+    assert_int_equal(cfg->budgets.lease_ttl_ms, 2000);
+    assert_int_equal(cfg->budgets.wait_ms, 300);
+    assert_int_equal(cfg->budgets.default_max_output, 1000);
+    assert_true(cfg->has_payment_secret);
+    assert_int_equal(cfg->payment_secret_len, 22);
+    assert_memory_equal(cfg->payment_secret, "whsec-0123456789abcdef", 22);
+    assert_null(cfg->payment_secret_text);
+    assert_string_equal(cfg->instance_id, "i-1");
+    config_unref(cfg);
+    cfg = load_ok("listen: 127.0.0.1:1\n");
+    assert_string_equal(cfg->ledger.spool_dir, "tollgate-spool");
+    assert_int_equal(cfg->ledger.batch_rows, 500);
+    assert_int_equal(cfg->budgets.lease_ttl_ms, 30000);
+    assert_false(cfg->has_payment_secret);
+    config_unref(cfg);
+    expect_error("billing: {payment_webhook_secret: short}\n",
+                 "billing.payment_webhook_secret: shorter than 16 characters", NULL, NULL);
+    expect_error("budgets: {lease_ttl: 10ms}\n", "budgets.lease_ttl", NULL, NULL);
 
     /* database.url needs a restart; secrets and the master key do not */
     config *a = load_ok("database: {url: \"host=a\"}\n");
