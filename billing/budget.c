@@ -4,9 +4,10 @@
 #include <string.h>
 
 #define NS 1000000000.0
-#define SLICE_SECONDS 2.0     /* a slice lasts about this long at the current rate */
-#define SLICE_MIN_CALLS 4     /* and covers at least this many worst cases */
-#define RENEW_MIN_NS 50000000 /* at most one low-water renewal per 50 ms */
+#define SLICE_SECONDS 2.0         /* a slice lasts about this long at the current rate */
+#define SLICE_MIN_CALLS 4         /* and covers at least this many worst cases */
+#define RENEW_MIN_NS 50000000     /* at most one low-water renewal per 50 ms */
+#define RENEW_SPENT_NS 1000000000 /* or per second when the budget had nothing left unleased */
 
 int64_t budget_available(const budget_share *b)
 {
@@ -28,8 +29,8 @@ static void rate_add(budget_share *b, int64_t amount, uint64_t now_ns)
 
 bool budget_admit(budget_share *b, int64_t worst, uint64_t now_ns)
 {
-    if (worst < 0)
-        worst = 0;
+    if (worst <= 0)
+        return true; /* nothing to charge (BYOK, unpriced): the lease is not needed */
     b->used_ns = now_ns;
     b->last_worst = worst;
     if (b->known && !b->exists)
@@ -68,7 +69,11 @@ bool budget_should_renew(const budget_share *b, uint64_t now_ns, uint64_t ttl_ns
     if (b->lease > 0 && b->expires_ns && b->expires_ns < now_ns + ttl_ns / 2)
         return true;
     int64_t low = b->lease / 4 > b->last_worst ? b->lease / 4 : b->last_worst;
-    if (budget_available(b) < low && now_ns - b->renewed_ns > RENEW_MIN_NS)
+    /* when the last answer left nothing unleased, asking cannot bring more
+     * until another instance gives some back or the period ends: look
+     * again now and then, not 20 times a second for as long as calls come */
+    uint64_t gap = b->max - b->spent - b->leased > 0 ? RENEW_MIN_NS : RENEW_SPENT_NS;
+    if (budget_available(b) < low && now_ns - b->renewed_ns > gap)
         return true;
     return false;
 }
@@ -95,11 +100,21 @@ int64_t budget_want(const budget_share *b, uint64_t now_ns, uint64_t idle_ns)
     return b->reserved + (int64_t)slice;
 }
 
-void budget_renew_sent(budget_share *b)
+void budget_renew_sent(budget_share *b, int64_t want)
 {
     b->renewing = true;
     b->reporting = b->settled;
     b->settled = 0;
+    /* The answer sets the lease to at most `want` (what is reserved now +
+     * a slice), and the reported amount leaves it. Calls admitted while it
+     * is in flight must fit in that, or this instance would hold calls
+     * the database no longer counts as leased to it: so the lease shrinks
+     * now, not when the answer comes. (Kept if the renewal fails: smaller
+     * than what the database holds for us, which is safe.) */
+    if (want < 0)
+        want = 0;
+    if (b->lease > want + b->reporting)
+        b->lease = want + b->reporting;
 }
 
 void budget_renewed(budget_share *b, bool exists, const char *lease_id, int64_t granted,

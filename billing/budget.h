@@ -48,7 +48,8 @@ typedef struct budget_share {
 int64_t budget_available(const budget_share *b);
 
 /* Admits a call of worst-case price `worst` if it fits: reserves it and
- * returns true. */
+ * returns true. A call of worst case 0 (nothing to charge) is always
+ * admitted and reserves nothing. */
 bool budget_admit(budget_share *b, int64_t worst, uint64_t now_ns);
 
 /* The call ended: its reservation `worst` goes, its actual `price` (>= 0)
@@ -64,8 +65,10 @@ bool budget_should_renew(const budget_share *b, uint64_t now_ns, uint64_t ttl_ns
  * next; 0 when idle past idle_ns (the lease goes back). */
 int64_t budget_want(const budget_share *b, uint64_t now_ns, uint64_t idle_ns);
 
-/* A renewal is sent: it carries the settled amount (reported). */
-void budget_renew_sent(budget_share *b);
+/* A renewal asking for `want` is sent: it carries the settled amount
+ * (reported). Until it answers, calls are admitted only as far as they
+ * fit in `want` (the lease shrinks at once when want is smaller). */
+void budget_renew_sent(budget_share *b, int64_t want);
 
 /* Its answer. exists false: the owner has no budget. granted is the new
  * lease; the amount reported is now in the database's spent. */

@@ -1475,6 +1475,7 @@ static int read_request(http_req *req, const chat_format *fin, const char *endpo
     }
     chat_error e;
     memset(info, 0, sizeof *info);
+    info->max_tokens = info->max_completion_tokens = -1; /* the decoded request's cap counts */
     if (chat_request_init(creq) != 0) {
         send_error_in(req, fin, 500, "api_error", NULL, NULL, NULL, "out of memory");
         return -1;

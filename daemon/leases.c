@@ -14,6 +14,8 @@
 #define LEASES_TICK_MS 25
 #define LEASES_IDLE_NS (10ull * 1000000000)    /* give a lease back after 10 s unused */
 #define LEASES_RECHECK_NS (10ull * 1000000000) /* "no budget" is asked again after 10 s */
+#define LEASES_RESET_RETRY_NS                                                                      \
+    (50ull * 1000000) /* a period past its reset: asked at most every 50 ms */
 
 struct lease_entry {
     char scope[8];
@@ -49,6 +51,7 @@ struct leases {
     lease_wait *waits;
     uv_timer_t tick;
     bool closing;
+    bool draining;     /* leases_drain() called: every lease goes back */
     unsigned inflight; /* renewals in flight */
     void (*drained)(void *);
     void *drained_ud;
@@ -64,6 +67,7 @@ static const pg_stmt lease_stmt = {
 };
 
 static void retry_waits(leases *ls);
+static void drain_entry(leases *ls, lease_entry *e);
 
 /* ------------------------------------------------------------ entries */
 
@@ -133,14 +137,21 @@ static void renew_done(void *ud, const PGresult *res, const pg_error *err)
         if (err->kind != PG_ERR_CLOSED)
             log_warn(NULL, "budget %s %s: lease renewal failed: %s", e->scope, e->id, err->message);
         e->b.renewed_ns = now; /* back off a tick before asking again */
-    } else if (PQntuples(res) == 0) {
-        budget_renewed(&e->b, false, NULL, 0, 0, 0, 0, 0, now, ls->ttl_ns);
     } else {
-        budget_renewed(&e->b, true, pg_value(res, 0, 0), strtoll(pg_value(res, 0, 1), NULL, 10),
-                       strtoll(pg_value(res, 0, 2), NULL, 10),
-                       strtoll(pg_value(res, 0, 3), NULL, 10),
-                       strtoll(pg_value(res, 0, 4), NULL, 10),
-                       strtoll(pg_value(res, 0, 5), NULL, 10), now, ls->ttl_ns);
+        if (PQntuples(res) == 0) {
+            budget_renewed(&e->b, false, NULL, 0, 0, 0, 0, 0, now, ls->ttl_ns);
+        } else {
+            budget_renewed(&e->b, true, pg_value(res, 0, 0), strtoll(pg_value(res, 0, 1), NULL, 10),
+                           strtoll(pg_value(res, 0, 2), NULL, 10),
+                           strtoll(pg_value(res, 0, 3), NULL, 10),
+                           strtoll(pg_value(res, 0, 4), NULL, 10),
+                           strtoll(pg_value(res, 0, 5), NULL, 10), now, ls->ttl_ns);
+        }
+        /* a renewal that was in flight when the drain began granted a
+         * lease: it goes back too (not after a failure: the database is
+         * away, the lease expires and is reclaimed) */
+        if (ls->draining)
+            drain_entry(ls, e);
     }
     ls->st.renewals++;
     retry_waits(ls);
@@ -152,9 +163,11 @@ static void renew(leases *ls, lease_entry *e, int64_t want)
     if (e->b.renewing || ls->closing)
         return;
     char spent[24], wantbuf[24], ttl[16];
-    budget_renew_sent(&e->b);
+    if (want < 0)
+        want = 0;
+    budget_renew_sent(&e->b, want);
     snprintf(spent, sizeof(spent), "%" PRId64, e->b.reporting);
-    snprintf(wantbuf, sizeof(wantbuf), "%" PRId64, want < 0 ? 0 : want);
+    snprintf(wantbuf, sizeof(wantbuf), "%" PRId64, want);
     snprintf(ttl, sizeof(ttl), "%u", ls->ttl_ms);
     const char *params[7] = {
         e->scope, e->id,   ls->instance, e->b.lease_id[0] ? e->b.lease_id : NULL,
@@ -187,6 +200,22 @@ static void refusal_of(const lease_entry *e, int status, lease_refusal *r)
     r->max = e->b.max;
     r->spent = e->b.spent;
     r->reset_at_us = e->b.reset_at_us;
+}
+
+/* Could a renewal grant e enough for one more call of `worst`? From what
+ * the database said last (max - spent - the leases of others), less what
+ * this instance will report and holds in flight; or the period has ended
+ * since (the database starts it afresh). */
+static bool could_grant(const lease_entry *e, int64_t worst, uint64_t now)
+{
+    const budget_share *b = &e->b;
+    if (!b->known || !b->exists)
+        return false;
+    if (b->reset_at_us > 0 && clock_wall_us() >= b->reset_at_us &&
+        now - b->renewed_ns > LEASES_RESET_RETRY_NS)
+        return true;
+    int64_t others = b->leased - b->lease;
+    return b->max - b->spent - others - b->settled - b->reporting >= worst + b->reserved;
 }
 
 /* Tries every entry; all or nothing. 0 admitted, else the index + 1 of
@@ -229,7 +258,8 @@ int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, le
         }
         activate(ls, es[i]);
         if (!es[i]->b.known) {
-            unknown = true;
+            /* a call with nothing to charge (BYOK) does not wait for it */
+            unknown = unknown || worst > 0;
             es[i]->b.last_worst = worst;
             renew(ls, es[i], budget_want(&es[i]->b, now, LEASES_IDLE_NS) + worst);
         } else if (!es[i]->b.exists && now - es[i]->b.renewed_ns > LEASES_RECHECK_NS) {
@@ -245,7 +275,7 @@ int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, le
         }
         lease_entry *e = es[bad - 1];
         /* could a renewal grant more? (not if the budget is spent) */
-        bool hope = e->b.max - e->b.spent - (e->b.leased - e->b.lease) >= worst + e->b.reserved;
+        bool hope = could_grant(e, worst, now);
         if (!hope && !e->b.renewing) {
             ls->st.refusals++;
             refusal_of(e, 402, refusal);
@@ -304,18 +334,40 @@ static void retry_waits(leases *ls)
         lease_refusal r;
         memset(&r, 0, sizeof(r));
         if (!pending) {
-            size_t bad = unknown_failed ? 1 : try_admit(w->e, w->n, w->worst, now);
+            size_t bad = 0;
+            if (unknown_failed) {
+                for (size_t i = 0; i < w->n && !bad; i++)
+                    if (!w->e[i]->b.known)
+                        bad = i + 1;
+            } else {
+                bad = try_admit(w->e, w->n, w->worst, now);
+            }
             if (!bad) {
                 fill_claim(w->claim, w->e, w->n, w->worst);
                 ls->st.admitted++;
                 rc = 0;
             } else {
                 lease_entry *e = w->e[bad - 1];
-                refusal_of(e, e->b.known ? 402 : 503, &r);
-                rc = -EDQUOT;
+                if (e->b.known && could_grant(e, w->worst, now)) {
+                    /* the renewal answered with less than this call needs
+                     * (the calls waiting with it took it) but the budget
+                     * has more: ask again, still within the deadline */
+                    if (now < w->deadline_ns)
+                        renew(ls, e, budget_want(&e->b, now, LEASES_IDLE_NS) + w->worst);
+                    if (!e->b.renewing) {
+                        refusal_of(e, 503, &r);
+                        rc = -EDQUOT;
+                    }
+                } else {
+                    refusal_of(e, e->b.known ? 402 : 503, &r);
+                    rc = -EDQUOT;
+                }
             }
         } else if (now >= w->deadline_ns) {
-            refusal_of(w->e[0], 503, &r);
+            size_t k = 0;
+            while (k + 1 < w->n && !w->e[k]->b.renewing)
+                k++;
+            refusal_of(w->e[k], 503, &r);
             rc = -EDQUOT;
         }
         if (rc == 1) {
@@ -367,7 +419,7 @@ static void tick_cb(uv_timer_t *t)
         lease_entry *e = *pp;
         budget_share *b = &e->b;
         if (budget_should_renew(b, now, ls->ttl_ns))
-            renew(ls, e, budget_want(b, now, LEASES_IDLE_NS));
+            renew(ls, e, ls->draining ? b->reserved : budget_want(b, now, LEASES_IDLE_NS));
         bool idle = !b->renewing && b->lease == 0 && b->reserved == 0 && b->settled == 0;
         if (idle) { /* nothing held: off the active list */
             e->active = false;
@@ -400,13 +452,23 @@ leases *leases_new(uv_loop_t *loop, store *st, const char *instance, uint32_t tt
     return ls;
 }
 
+/* Reports what e spent and gives its lease back (keeping what calls still
+ * in flight reserved: their spend would be dropped otherwise). One in
+ * flight is followed by this when it answers (renew_done). */
+static void drain_entry(leases *ls, lease_entry *e)
+{
+    budget_share *b = &e->b;
+    if (b->exists && !b->renewing && (b->lease > b->reserved || b->settled > 0))
+        renew(ls, e, b->reserved);
+}
+
 void leases_drain(leases *ls, void (*done)(void *ud), void *ud)
 {
     ls->drained = done;
     ls->drained_ud = ud;
+    ls->draining = true;
     for (lease_entry *e = ls->active; e; e = e->next_active)
-        if (e->b.exists && (e->b.lease > 0 || e->b.settled > 0) && e->b.reserved == 0)
-            renew(ls, e, 0);
+        drain_entry(ls, e);
     maybe_drained(ls);
 }
 
