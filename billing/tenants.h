@@ -79,6 +79,8 @@ typedef struct tn_team {
     int64_t tokens_per_credit;
     int64_t max_budget_nano;     /* the team's budget; -1 = none */
     int64_t org_max_budget_nano; /* its organization's; -1 = none */
+    uint32_t rpm;                /* the team's requests per minute; 0 = unlimited */
+    uint64_t tpm;                /* its tokens per minute; 0 = unlimited */
 } tn_team;
 
 typedef struct tn_key {

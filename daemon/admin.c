@@ -120,6 +120,8 @@ static const afield team_fields[] = {
     {"name", NULL, FT_TEXT, AF_REQUIRED, 1, 200, NULL},
     {"budget_mode", NULL, FT_ENUM, 0, 0, 0, budget_modes},
     {"tokens_per_credit", NULL, FT_INT, 0, 1, INT64_C(1000000000000), NULL},
+    {"rpm", NULL, FT_INT, AF_NULL, 0, 1000000000, NULL},
+    {"tpm", NULL, FT_INT, AF_NULL, 0, INT64_C(1000000000000), NULL},
     {"max_budget", "max_budget_nano", FT_USD, AF_NULL, 0, 0, NULL},
     {"budget_duration", NULL, FT_DURATION, AF_NULL, 0, 0, NULL},
     {"metadata", NULL, FT_OBJECT, 0, 0, 0, NULL},
@@ -222,7 +224,7 @@ static const resource resources[] = {
     {"teams", "teams", "team",
      "id, org_id, name, status, budget_mode, tokens_per_credit, "
      "tollgate_usd(credit_balance_nano) AS credit_balance, tollgate_usd(max_budget_nano) AS "
-     "max_budget, budget_duration, metadata, " TS,
+     "max_budget, budget_duration, rpm, tpm, metadata, " TS,
      team_fields, N(team_fields), team_filters, N(team_filters), team_actions, N(team_actions),
      "created_at, id", "id", TN_TEAM, 0, NULL},
     {"keys", "virtual_keys", "key",

@@ -23,6 +23,7 @@
 #include "daemon/httpc.h"
 #include "daemon/jobs.h"
 #include "daemon/leases.h"
+#include "daemon/ratelimit.h"
 #include "daemon/store.h"
 #include "daemon/tls.h"
 #include "daemon/version.h"
@@ -66,6 +67,7 @@ struct gateway {
     ledger *ledger;           /* one row per call: spool, then the database */
     jobs *jobs;               /* jobs and the running-job cache */
     leases *leases;           /* budget leases (with a database) */
+    ratelimits *ratelimits;   /* rpm/tpm across instances (with a database) */
     char instance[128];       /* this instance's id (rows, leases) */
     void (*drained)(void *);  /* gateway_drain's callback, after the ledger drained */
     void *drained_ud;
@@ -165,6 +167,8 @@ typedef struct call {
     int64_t worst;                 /* its worst-case price */
     int64_t budget_left;           /* the tightest budget's remainder at admission; -1 none */
     lease_wait *wait;              /* waiting for a lease */
+    rate_claim rclaim;             /* what it took of its rate limits */
+    rate_wait *rwait;              /* waiting for a rate slice */
     int64_t t_wall_us;             /* wall-clock start (the ledger row's `at`) */
 } call;
 
@@ -486,6 +490,8 @@ static void call_log(call *c)
                 c->t_first_ns ? (int64_t)((c->t_first_ns - req->t_start_ns) / 1000) : -1);
     if (c->claim.n && c->gw->leases)
         leases_settle(c->gw->leases, &c->claim, u.price > 0 ? u.price : 0);
+    if (c->rclaim.n && c->gw->ratelimits)
+        ratelimits_settle(c->gw->ratelimits, &c->rclaim, u.prompt + u.completion);
 }
 
 /* The call is over for the client: log, release. */
@@ -1745,6 +1751,12 @@ static int64_t call_worst_price(const call *c)
 /* Gives back what the call holds of its budgets (price 0: it never ran). */
 static void call_unclaim(call *c)
 {
+    if (c->rwait) {
+        ratelimits_cancel(c->rwait);
+        c->rwait = NULL;
+    }
+    if (c->rclaim.n && c->gw->ratelimits)
+        ratelimits_settle(c->gw->ratelimits, &c->rclaim, 0);
     if (c->wait) {
         leases_cancel(c->wait);
         c->wait = NULL;
@@ -1840,6 +1852,98 @@ static int call_admit_budgets(call *c)
     return -1;
 }
 
+/* ------------------------------------------------------------ rate limits */
+
+static int64_t call_max_output(const call *c)
+{
+    return c->info.max_completion_tokens >= 0 ? c->info.max_completion_tokens
+           : c->info.max_tokens >= 0         ? c->info.max_tokens
+           : c->creq.max_tokens > 0          ? c->creq.max_tokens
+                                             : (int64_t)c->cfg->budgets.default_max_output;
+}
+
+static void call_refuse_rate(call *c, const rate_refusal *r)
+{
+    http_req *req = c->req;
+    const chat_format *fin = c->fin;
+    char hdr[256];
+    unsigned secs = (unsigned)(r->reset_s + 0.999);
+    if (r->unavailable)
+        snprintf(hdr, sizeof hdr, "retry-after: 1\r\n");
+    else
+        snprintf(hdr, sizeof hdr,
+                 "x-ratelimit-limit-%s: %" PRId64 "\r\nx-ratelimit-remaining-%s: 0\r\n"
+                 "x-ratelimit-reset-%s: %.3fs\r\nretry-after: %u\r\n",
+                 r->tokens ? "tokens" : "requests", r->limit, r->tokens ? "tokens" : "requests",
+                 r->tokens ? "tokens" : "requests", r->reset_s, secs ? secs : 1);
+    int status = r->unavailable ? 503 : 429;
+    access_log_simple(req, status, c->key->alias);
+    req->app = NULL;
+    req->on_abort = NULL;
+    c->req = NULL;
+    call_unclaim(c);
+    call_free(c);
+    if (r->unavailable)
+        send_error_in(req, fin, 503, fin->id == CHAT_FMT_OPENAI ? "server_error" : "api_error",
+                      "rate_limit_unavailable", NULL, hdr,
+                      "The rate limits of this key cannot be checked right now; retry shortly.");
+    else
+        send_error_in(req, fin, 429, "rate_limit_error", "rate_limit_exceeded", NULL, hdr,
+                      "Rate limit reached for this %s: %" PRId64 " %s per minute. Retry in %u s.",
+                      strcmp(r->scope, "team") == 0 ? "team" : "key", r->limit,
+                      r->tokens ? "tokens" : "requests", secs ? secs : 1);
+}
+
+static void call_limits_ready(void *ud, int rc, const rate_refusal *r)
+{
+    call *c = ud;
+    c->rwait = NULL;
+    if (rc != 0) {
+        call_refuse_rate(c, r);
+        return;
+    }
+    if (call_admit_budgets(c) != 0)
+        return;
+    call_go(c);
+}
+
+/* The key's and team's rpm and tpm, held across instances. 0: admitted. */
+static int call_admit_limits(call *c)
+{
+    gateway *gw = c->gw;
+    const tn_key *k = c->who.key;
+    const tn_team *t = c->who.team;
+    if (!gw->ratelimits || !k)
+        return 0;
+    int64_t tokens = (int64_t)c->prompt_est + call_max_output(c);
+    rate_ref refs[RATE_MAX_REFS];
+    size_t n = 0;
+    if (k->rpm)
+        refs[n++] = (rate_ref){"key", k->e.id.s, false, k->rpm, 1};
+    if (k->tpm)
+        refs[n++] = (rate_ref){"key", k->e.id.s, true, (int64_t)k->tpm, tokens};
+    if (t && t->rpm)
+        refs[n++] = (rate_ref){"team", t->e.id.s, false, t->rpm, 1};
+    if (t && t->tpm)
+        refs[n++] = (rate_ref){"team", t->e.id.s, true, (int64_t)t->tpm, tokens};
+    if (!n)
+        return 0;
+    rate_refusal r;
+    memset(&r, 0, sizeof r);
+    int rc = ratelimits_admit(gw->ratelimits, refs, n, &c->rclaim, call_limits_ready, c,
+                              &c->rwait, &r);
+    if (rc == 0)
+        return 0;
+    if (rc == 1) {
+        c->req->app = c;
+        c->req->on_abort = call_on_abort;
+        c->phase = CALL_ADMITTING;
+        return 1;
+    }
+    call_refuse_rate(c, &r);
+    return -1;
+}
+
 static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
                             const char *endpoint, const llm_opts *o)
 {
@@ -1907,7 +2011,9 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     }
     uint32_t remaining = 0;
     double reset_s = 0;
-    if (!rate_admit(gw, key, &remaining, &reset_s)) {
+    /* a database key's limits hold across instances (call_admit_limits);
+     * a config key's are this instance's own */
+    if (!(gw->ratelimits && who.key) && !rate_admit(gw, key, &remaining, &reset_s)) {
         chat_request_free(&creq);
         char hdr[256];
         snprintf(hdr, sizeof(hdr),
@@ -1986,8 +2092,10 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
                         : prompt_tokens_of(enc, gw->work, &c->creq);
     pick_credential(gw, c);
     c->overhead_ns += clock_mono_ns() - t0;
+    if (call_admit_limits(c) != 0)
+        return; /* waiting for a rate slice or a lease, or refused */
     if (call_admit_budgets(c) != 0)
-        return; /* waiting for a lease, or refused */
+        return;
     call_go(c);
     return;
 
@@ -2501,6 +2609,7 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
         store_on_notify(gw->store, jobs_notified, gw);
         gw->leases = leases_new(loop, gw->store, gw->instance, cfg->budgets.lease_ttl_ms,
                                 cfg->budgets.wait_ms);
+        gw->ratelimits = ratelimits_new(loop, gw->store, cfg->budgets.wait_ms);
     }
     return gw;
 }
@@ -2595,6 +2704,8 @@ void gateway_close(gateway *gw)
         ledger_close(gw->ledger);
     if (gw->leases)
         leases_close(gw->leases);
+    if (gw->ratelimits)
+        ratelimits_close(gw->ratelimits);
     if (gw->store)
         store_close(gw->store);
 }
@@ -2623,6 +2734,7 @@ void gateway_free(gateway *gw)
     ledger_free(gw->ledger);
     jobs_free(gw->jobs);
     leases_free(gw->leases);
+    ratelimits_free(gw->ratelimits);
     store_free(gw->store);
     config_unref(gw->cfg);
     free(gw);

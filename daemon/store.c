@@ -36,7 +36,8 @@
 static const char *const kind_select[TN_NKINDS] = {
     [TN_TEAM] = "SELECT t.id, t.org_id, t.name, t.status, t.budget_mode, t.tokens_per_credit, "
                 "(extract(epoch from t.updated_at) * 1000000)::bigint, t.max_budget_nano, "
-                "o.max_budget_nano FROM teams t JOIN organizations o ON o.id = t.org_id",
+                "o.max_budget_nano, t.rpm, t.tpm FROM teams t JOIN organizations o ON o.id = "
+                "t.org_id",
     [TN_KEY] = "SELECT id, encode(key_hash, 'hex'), key_prefix, alias, team_id, "
                "array_to_json(models)::text, array_to_json(access_groups)::text, rpm, tpm, "
                "max_budget_nano, budget_duration, "
@@ -270,6 +271,8 @@ static tn_entry *parse_team(const PGresult *r, int i)
     e->version = val_i64(r, i, 6, 0);
     t->max_budget_nano = val_i64(r, i, 7, -1);
     t->org_max_budget_nano = val_i64(r, i, 8, -1);
+    t->rpm = (uint32_t)val_i64(r, i, 9, 0);
+    t->tpm = (uint64_t)val_i64(r, i, 10, 0);
     return e;
 }
 
