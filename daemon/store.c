@@ -123,7 +123,17 @@ static const pg_stmt ledger_insert = {
     "completion_tokens = u.completion_tokens + excluded.completion_tokens, cached_tokens = "
     "u.cached_tokens + excluded.cached_tokens, cost_nano = u.cost_nano + excluded.cost_nano, "
     "price_nano = u.price_nano + excluded.price_nano, latency_us_sum = u.latency_us_sum + "
-    "excluded.latency_us_sum) "
+    "excluded.latency_us_sum), "
+    /* teams in a consumption mode pay from their credits: the batch's
+     * newly inserted calls, per team (BYOK calls are never charged) */
+    "chg AS (INSERT INTO credit_transactions (team_id, amount_nano, kind, actor, note) "
+    "SELECT c.team_id, -c.amount, 'usage', 'gateway', c.calls || ' calls' FROM (SELECT "
+    "i.team_id, count(*) AS calls, CASE WHEN t.budget_mode = 'consumption_usd' THEN "
+    "coalesce(sum(i.price_nano), 0)::bigint ELSE ceil(sum(i.prompt_tokens + "
+    "i.completion_tokens)::numeric * 1000000000 / t.tokens_per_credit)::bigint END AS amount "
+    "FROM ins i JOIN teams t ON t.id = i.team_id WHERE t.budget_mode IN ('consumption_usd', "
+    "'consumption_tokens') AND i.credential NOT LIKE '%byok' GROUP BY i.team_id, "
+    "t.budget_mode, t.tokens_per_credit) c WHERE c.amount <> 0) "
     "SELECT count(*) FROM ins",
     1,
 };
