@@ -191,6 +191,10 @@ static const struct cfg__setting cfg__top[] = {
     {"budgets.wait", CFG_MS, TOP(budgets.wait_ms), "2s", 10, 60000, 0},
     {"budgets.default_max_output", CFG_U32, TOP(budgets.default_max_output), "4096", 1, 10000000,
      0},
+    {"budgets.soft_threshold", CFG_U32, TOP(budgets.soft_pct), "80", 0, 100, 0},
+    {"budgets.alert_webhook", CFG_STR, TOP(budgets.alert_url_text), NULL, 0, 2048, 0},
+    {"budgets.alert_webhook_secret", CFG_STR, TOP(budgets.alert_secret_text), NULL, 0, 255,
+     CFG_SECRET},
 };
 static const char *const cfg__top_extra[] = {"providers", "models", "keys"};
 
@@ -1883,6 +1887,21 @@ static int ld__secrets(struct ld *ld, config *cfg, const struct ld__map *m)
             cfg->has_payment_secret = true;
         }
     }
+    if (rc == 0 && cfg->budgets.alert_url_text) {
+        const char *why = cfg__parse_url(ld->arena, cfg->budgets.alert_url_text,
+                                         &cfg->budgets.alert_url);
+        if (why)
+            rc = ld__fail_setting(ld, m, "budgets.alert_webhook", "%s", why);
+    }
+    if (rc == 0 && cfg->budgets.alert_secret_text) {
+        size_t n = strlen(cfg->budgets.alert_secret_text);
+        if (n < 16)
+            rc = ld__fail_setting(ld, m, "budgets.alert_webhook_secret",
+                                  "shorter than 16 characters");
+        memcpy(cfg->budgets.alert_secret, cfg->budgets.alert_secret_text, n < 255 ? n : 255);
+        cfg->budgets.alert_secret_len = rc == 0 ? n : 0;
+    }
+    ld__forget(&cfg->budgets.alert_secret_text);
     ld__forget(&cfg->payment_secret_text);
     ld__forget(&cfg->secrets_keys_text);
     ld__forget(&cfg->secrets_pass_text);

@@ -179,6 +179,12 @@ typedef struct config {
         uint32_t wait_ms;            /* budgets.wait: longest wait of a call for a lease */
         uint32_t default_max_output; /* budgets.default_max_output: output tokens assumed when a
                                         call sets no cap (its worst case) */
+        uint32_t soft_pct;           /* budgets.soft_threshold: percent of a budget that alerts */
+        const char *alert_url_text;  /* budgets.alert_webhook: where alerts are POSTed */
+        config_url alert_url;        /* it, parsed; alert_url.host NULL = none */
+        const char *alert_secret_text; /* private: wiped after loading */
+        char alert_secret[256];      /* budgets.alert_webhook_secret: HMAC key of the alerts */
+        size_t alert_secret_len;     /* 0 = alerts are not signed */
     } budgets;
     bool has_payment_secret;                 /* billing.payment_webhook_secret given */
     char payment_secret[256];                /* its bytes (HMAC key of the payment webhook) */

@@ -18,6 +18,7 @@
 #include "billing/tenants.h"
 #include "daemon/base/clock.h"
 #include "daemon/admin.h"
+#include "daemon/alerts.h"
 #include "daemon/base/log.h"
 #include "daemon/http_server.h"
 #include "daemon/httpc.h"
@@ -2486,6 +2487,39 @@ static http_limits limits_of(const config *cfg)
 
 static void gateway_fatal(void *ud, const char *msg);
 
+/* A budget passed its soft threshold (once per period, whichever instance
+ * saw it): a log line and the signed alert webhook. */
+static void budget_alert(void *ud, const char *scope, const char *id, int64_t max, int64_t spent,
+                         int64_t reset_at_us, unsigned pct)
+{
+    gateway *gw = ud;
+    char m[MONEY_FMT_MAX], sp[MONEY_FMT_MAX], reset[40] = "null";
+    money_format(max, m, sizeof m);
+    money_format(spent, sp, sizeof sp);
+    if (reset_at_us > 0) {
+        time_t t = (time_t)(reset_at_us / 1000000);
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(reset, sizeof reset, "\"%Y-%m-%dT%H:%M:%SZ\"", &tm);
+    }
+    log_warn(NULL, "budget %s %s passed %u%%: %s of %s USD spent (resets %s)", scope, id, pct, sp,
+             m, reset);
+    buf b;
+    buf_init(&b, 4096);
+    int rc = buf_printf(&b,
+                        "{\"event\":\"budget.soft_threshold\",\"scope\":\"%s\",\"id\":\"%s\","
+                        "\"threshold_pct\":%u,\"max\":\"%s\",\"spent\":\"%s\",\"reset_at\":%s,"
+                        "\"instance\":\"",
+                        scope, id, pct, m, sp, reset);
+    if (!rc)
+        rc = buf_append_json_escaped(&b, gw->instance, strlen(gw->instance));
+    if (!rc)
+        rc = buf_append_str(&b, "\"}");
+    if (!rc)
+        alerts_send(gw->pool, gw->cfg, "budget.soft_threshold", b.data, b.len);
+    buf_free(&b);
+}
+
 /* This instance's id: the config's instance_id, else the one kept in the
  * spool directory (made at the first start: host name + 32 random bits),
  * so a restarted instance finds its own spool and leases again. Start-up
@@ -2610,6 +2644,8 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
         gw->leases = leases_new(loop, gw->store, gw->instance, cfg->budgets.lease_ttl_ms,
                                 cfg->budgets.wait_ms);
         gw->ratelimits = ratelimits_new(loop, gw->store, cfg->budgets.wait_ms);
+        if (gw->leases)
+            leases_on_alert(gw->leases, cfg->budgets.soft_pct, budget_alert, gw);
     }
     return gw;
 }

@@ -53,6 +53,9 @@ struct leases {
     bool closing;
     bool draining;     /* leases_drain() called: every lease goes back */
     unsigned inflight; /* renewals in flight */
+    unsigned soft_pct; /* the soft threshold (percent of the maximum), 0 = none */
+    leases_alert_fn alert;
+    void *alert_ud;
     void (*drained)(void *);
     void *drained_ud;
     leases_stats st;
@@ -61,9 +64,10 @@ struct leases {
 static const pg_stmt lease_stmt = {
     "tg_lease",
     "SELECT lease_id::text, granted, max_nano, spent_nano, leased_nano, "
-    "coalesce((extract(epoch from reset_at) * 1000000)::bigint, 0) "
-    "FROM tollgate_lease($1, $2::uuid, $3, $4::uuid, $5::bigint, $6::bigint, $7::integer)",
-    7,
+    "coalesce((extract(epoch from reset_at) * 1000000)::bigint, 0), soft_crossed "
+    "FROM tollgate_lease($1, $2::uuid, $3, $4::uuid, $5::bigint, $6::bigint, $7::integer, "
+    "$8::integer)",
+    8,
 };
 
 static void retry_waits(leases *ls);
@@ -146,6 +150,10 @@ static void renew_done(void *ud, const PGresult *res, const pg_error *err)
                            strtoll(pg_value(res, 0, 3), NULL, 10),
                            strtoll(pg_value(res, 0, 4), NULL, 10),
                            strtoll(pg_value(res, 0, 5), NULL, 10), now, ls->ttl_ns);
+            const char *soft = pg_value(res, 0, 6);
+            if (soft && soft[0] == 't' && ls->alert)
+                ls->alert(ls->alert_ud, e->scope, e->id, e->b.max, e->b.spent, e->b.reset_at_us,
+                          ls->soft_pct);
         }
         /* a renewal that was in flight when the drain began granted a
          * lease: it goes back too (not after a failure: the database is
@@ -162,16 +170,17 @@ static void renew(leases *ls, lease_entry *e, int64_t want)
 {
     if (e->b.renewing || ls->closing)
         return;
-    char spent[24], wantbuf[24], ttl[16];
+    char spent[24], wantbuf[24], ttl[16], soft[8];
     if (want < 0)
         want = 0;
     budget_renew_sent(&e->b, want);
     snprintf(spent, sizeof(spent), "%" PRId64, e->b.reporting);
     snprintf(wantbuf, sizeof(wantbuf), "%" PRId64, want);
     snprintf(ttl, sizeof(ttl), "%u", ls->ttl_ms);
-    const char *params[7] = {
+    snprintf(soft, sizeof(soft), "%u", ls->soft_pct);
+    const char *params[8] = {
         e->scope, e->id,   ls->instance, e->b.lease_id[0] ? e->b.lease_id : NULL,
-        spent,    wantbuf, ttl};
+        spent,    wantbuf, ttl,          soft};
     renew_req *rr = malloc(sizeof(*rr));
     if (!rr) {
         budget_renew_failed(&e->b);
@@ -179,7 +188,7 @@ static void renew(leases *ls, lease_entry *e, int64_t want)
     }
     rr->ls = ls;
     rr->e = e;
-    if (!pg_send(store_pool(ls->store), &lease_stmt, NULL, 7, params, renew_done, rr)) {
+    if (!pg_send(store_pool(ls->store), &lease_stmt, NULL, 8, params, renew_done, rr)) {
         free(rr);
         budget_renew_failed(&e->b);
         return;
@@ -470,6 +479,13 @@ void leases_drain(leases *ls, void (*done)(void *ud), void *ud)
     for (lease_entry *e = ls->active; e; e = e->next_active)
         drain_entry(ls, e);
     maybe_drained(ls);
+}
+
+void leases_on_alert(leases *ls, unsigned soft_pct, leases_alert_fn fn, void *ud)
+{
+    ls->soft_pct = soft_pct > 100 ? 100 : soft_pct;
+    ls->alert = fn;
+    ls->alert_ud = ud;
 }
 
 void leases_stats_get(const leases *ls, leases_stats *out)

@@ -77,6 +77,12 @@ int64_t leases_remaining(const lease_claim *claim);
  * (or failed). */
 void leases_drain(leases *ls, void (*done)(void *ud), void *ud);
 
+/* A budget passed soft_pct percent of its maximum: called once per budget
+ * and period across all instances (the database decides who reports). */
+typedef void (*leases_alert_fn)(void *ud, const char *scope, const char *id, int64_t max,
+                                int64_t spent, int64_t reset_at_us, unsigned pct);
+void leases_on_alert(leases *ls, unsigned soft_pct, leases_alert_fn fn, void *ud);
+
 void leases_stats_get(const leases *ls, leases_stats *out);
 void leases_close(leases *ls);
 void leases_free(leases *ls);

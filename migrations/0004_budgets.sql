@@ -39,6 +39,7 @@ CREATE TABLE budgets (
     spent_nano   bigint NOT NULL DEFAULT 0,
     leased_nano  bigint NOT NULL DEFAULT 0 CHECK (leased_nano >= 0),
     assumed_nano bigint NOT NULL DEFAULT 0,   -- of spent: expired leases counted whole
+    soft_fired_for timestamptz,                -- the period whose soft threshold was reported
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (scope, scope_id)
 );
@@ -124,9 +125,11 @@ SELECT 'key', id, max_budget_nano, budget_duration, now(),
 --      leases), at least 0, for p_ttl_ms.
 -- No row when the budget does not exist (the owner has none).
 CREATE FUNCTION tollgate_lease(p_scope text, p_scope_id uuid, p_instance text,
-                               p_lease_id uuid, p_spent bigint, p_want bigint, p_ttl_ms integer)
+                               p_lease_id uuid, p_spent bigint, p_want bigint, p_ttl_ms integer,
+                               p_soft_pct integer DEFAULT 0)
 RETURNS TABLE (lease_id uuid, granted bigint, max_nano bigint, spent_nano bigint,
-               leased_nano bigint, period_start timestamptz, reset_at timestamptz)
+               leased_nano bigint, period_start timestamptz, reset_at timestamptz,
+               soft_crossed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     b budgets%ROWTYPE;
@@ -136,6 +139,7 @@ DECLARE
     g bigint;
     step interval;
     n bigint;
+    soft boolean;
 BEGIN
     SELECT * INTO b FROM budgets
      WHERE budgets.scope = p_scope AND budgets.scope_id = p_scope_id FOR UPDATE;
@@ -211,12 +215,20 @@ BEGIN
          WHERE l.scope = p_scope AND l.scope_id = p_scope_id AND l.instance = p_instance;
         mine.lease_id := NULL;
     END IF;
+    -- 5. the soft threshold: reported once per period, to the first
+    --    instance that sees the spend past it
+    soft := p_soft_pct > 0 AND b.spent_nano::numeric * 100 >= b.max_nano::numeric * p_soft_pct
+            AND b.soft_fired_for IS DISTINCT FROM b.period_start;
+    IF soft THEN
+        b.soft_fired_for := b.period_start;
+    END IF;
     UPDATE budgets SET period_start = b.period_start, reset_at = b.reset_at,
                        spent_nano = b.spent_nano, assumed_nano = b.assumed_nano,
-                       leased_nano = others + g, updated_at = now()
+                       leased_nano = others + g, soft_fired_for = b.soft_fired_for,
+                       updated_at = now()
      WHERE budgets.scope = p_scope AND budgets.scope_id = p_scope_id;
     RETURN QUERY SELECT mine.lease_id, g, b.max_nano, b.spent_nano, others + g, b.period_start,
-                        b.reset_at;
+                        b.reset_at, soft;
 END;
 $$;
 
