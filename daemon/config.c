@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -247,13 +248,17 @@ static const char *const cfg__price_keys[4] = {"price.input", "price.output", "p
 /* A keys[] entry's scalar settings; key, key_sha256 and models are
  * handled apart (the plaintext must never be stored). */
 struct ld__key {
-    const char *alias; /* unique name */
-    uint32_t rpm;      /* requests per minute */
+    const char *alias;      /* unique name */
+    uint32_t rpm;           /* requests per minute */
+    const char *max_budget; /* decimal USD */
+    const char *duration;   /* budget_duration */
 };
 #define KEY(f) offsetof(struct ld__key, f)
 static const struct cfg__setting cfg__key[] = {
     {"alias", CFG_ALIAS, KEY(alias), NULL, 0, 64, CFG_REQUIRED},
     {"rpm", CFG_U32, KEY(rpm), "0", 0, 1000000000, 0},
+    {"max_budget", CFG_STR, KEY(max_budget), NULL, 0, 32, 0},
+    {"budget_duration", CFG_STR, KEY(duration), NULL, 0, 8, 0},
 };
 static const char *const cfg__key_extra[] = {"key", "key_sha256", "models"};
 
@@ -1749,6 +1754,23 @@ static int ld__key(struct ld *ld, const config *cfg, config_key *k, const yaml_n
         goto out;
     k->alias = t.alias;
     k->rpm = t.rpm;
+    k->max_budget_nano = -1;
+    if (t.max_budget && (money_parse(t.max_budget, strlen(t.max_budget), &k->max_budget_nano) != 0 ||
+                         k->max_budget_nano < 0)) {
+        rc = ld__fail_setting(ld, &m, "max_budget",
+                              "not an amount: \"%s\" (decimal USD, e.g. \"25.00\")", t.max_budget);
+        goto out;
+    }
+    if (t.duration && !config_duration_ok(t.duration)) {
+        rc = ld__fail_setting(ld, &m, "budget_duration",
+                              "must be a duration like 30s, 15m, 1h, 7d, 30d or 1mo");
+        goto out;
+    }
+    if (t.duration && !t.max_budget) {
+        rc = ld__fail_setting(ld, &m, "budget_duration", "given without max_budget");
+        goto out;
+    }
+    k->budget_duration = t.duration;
     rc = ld__key_models(ld, cfg, k, m.extra_val[2]);
 out:
     ld__wipe_node(plain); /* even when the item failed before reading it */
@@ -2300,6 +2322,47 @@ const char *config_restart_only_change(const config *old, const config *newc)
         if ((cfg__top[i].flags & CFG_RESTART) && !cfg__equal(&cfg__top[i], old, newc))
             return cfg__top[i].key;
     return NULL;
+}
+
+bool config_duration_ok(const char *s)
+{
+    size_t i = 0;
+    while (s[i] >= '0' && s[i] <= '9')
+        i++;
+    if (i == 0 || i > 6 || s[0] == '0')
+        return false;
+    return strcmp(s + i, "s") == 0 || strcmp(s + i, "m") == 0 || strcmp(s + i, "h") == 0 ||
+           strcmp(s + i, "d") == 0 || strcmp(s + i, "mo") == 0;
+}
+
+/* [start, end) of the budget period of duration d around now (seconds
+ * since the epoch, UTC): fixed lengths aligned to the epoch for s/m/h/d,
+ * calendar months for mo. */
+void config_period(const char *d, int64_t now, int64_t *start, int64_t *end)
+{
+    long n = strtol(d, NULL, 10);
+    const char *u = d;
+    while (*u >= '0' && *u <= '9')
+        u++;
+    if (strcmp(u, "mo") == 0) {
+        time_t t = (time_t)now;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        int months = (tm.tm_year + 1900) * 12 + tm.tm_mon;
+        int first = months - months % (int)n;
+        struct tm a = {.tm_year = first / 12 - 1900, .tm_mon = first % 12, .tm_mday = 1};
+        struct tm b = {.tm_year = (first + (int)n) / 12 - 1900, .tm_mon = (first + (int)n) % 12,
+                       .tm_mday = 1};
+        *start = (int64_t)timegm(&a);
+        *end = (int64_t)timegm(&b);
+        return;
+    }
+    int64_t len = (int64_t)n * (strcmp(u, "s") == 0   ? 1
+                                : strcmp(u, "m") == 0 ? 60
+                                : strcmp(u, "h") == 0 ? 3600
+                                                      : 86400);
+    *start = now - now % len;
+    *end = *start + len;
 }
 
 const config_key *config_find_key(const config *cfg, const char *presented, size_t len)

@@ -133,6 +133,8 @@ typedef struct config_key {
     const config_pattern *models;      /* allowed model aliases; NULL = every model */
     size_t nmodels;                    /* entries in models (0 with models == NULL) */
     uint32_t rpm;                      /* requests per minute; 0 = unlimited */
+    int64_t max_budget_nano;           /* max_budget: this instance's budget; -1 = none */
+    const char *budget_duration;       /* budget_duration ("1d", "1mo"); NULL = never resets */
 } config_key;
 
 struct config__arena;
@@ -260,6 +262,13 @@ const char *config_restart_only_change(const config *old, const config *newc);
 /* The key whose SHA-256 digest equals that of the presented bytes, or
  * NULL. Compares digests in constant time; O(1); allocates nothing. */
 const config_key *config_find_key(const config *cfg, const char *presented, size_t len);
+
+/* Whether s is a budget duration: N followed by s, m, h, d or mo. */
+bool config_duration_ok(const char *s);
+/* The budget period of duration d around now (epoch seconds, UTC) as
+ * [*start, *end): s/m/h/d are fixed lengths aligned to the epoch, mo are
+ * calendar months. */
+void config_period(const char *d, int64_t now, int64_t *start, int64_t *end);
 
 /* The key whose digest is sha256 (constant-time compare), or NULL. */
 const config_key *config_find_key_digest(const config *cfg, const uint8_t sha256[CRYPTO_SHA256_LEN]);

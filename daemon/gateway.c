@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <jansson.h>
 #include <llhttp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +70,7 @@ struct gateway {
     jobs *jobs;               /* jobs and the running-job cache */
     leases *leases;           /* budget leases (with a database) */
     ratelimits *ratelimits;   /* rpm/tpm across instances (with a database) */
+    struct local_budget *local; /* budgets of config keys, kept by this instance */
     char instance[128];       /* this instance's id (rows, leases) */
     void (*drained)(void *);  /* gateway_drain's callback, after the ledger drained */
     void *drained_ud;
@@ -78,6 +80,16 @@ struct gateway {
     bool closing;             /* gateway_close called */
     bool failed;              /* gateway_new could not set up (gateway_start refuses) */
 };
+
+/* The budget of a config key (keys[].max_budget): kept by this instance,
+ * rebuilt from the spool at start in DB-less mode. */
+typedef struct local_budget {
+    char alias[65];
+    int64_t spent;      /* settled price in the current period */
+    int64_t reserved;   /* worst cases of calls in flight */
+    int64_t period_end; /* epoch seconds; 0 = never resets */
+    struct local_budget *next;
+} local_budget;
 
 /* Who is calling: a key of the config file, or a key from the database
  * (with its team; references held while the call lives). */
@@ -167,6 +179,7 @@ typedef struct call {
     lease_claim claim;             /* what it holds of its budgets (worst case) */
     int64_t worst;                 /* its worst-case price */
     int64_t budget_left;           /* the tightest budget's remainder at admission; -1 none */
+    local_budget *local;           /* a config key's budget it reserved in, or NULL */
     lease_wait *wait;              /* waiting for a lease */
     rate_claim rclaim;             /* what it took of its rate limits */
     rate_wait *rwait;              /* waiting for a rate slice */
@@ -493,6 +506,11 @@ static void call_log(call *c)
         leases_settle(c->gw->leases, &c->claim, u.price > 0 ? u.price : 0);
     if (c->rclaim.n && c->gw->ratelimits)
         ratelimits_settle(c->gw->ratelimits, &c->rclaim, u.prompt + u.completion);
+    if (c->local) {
+        c->local->reserved -= c->worst;
+        c->local->spent += u.price > 0 ? u.price : 0;
+        c->local = NULL;
+    }
 }
 
 /* The call is over for the client: log, release. */
@@ -1752,6 +1770,10 @@ static int64_t call_worst_price(const call *c)
 /* Gives back what the call holds of its budgets (price 0: it never ran). */
 static void call_unclaim(call *c)
 {
+    if (c->local) {
+        c->local->reserved -= c->worst;
+        c->local = NULL;
+    }
     if (c->rwait) {
         ratelimits_cancel(c->rwait);
         c->rwait = NULL;
@@ -1814,6 +1836,116 @@ static void call_budget_ready(void *ud, int rc, const lease_refusal *r)
     call_go(c);
 }
 
+static local_budget *local_get(gateway *gw, const config_key *k)
+{
+    local_budget *b = gw->local;
+    while (b && strcmp(b->alias, k->alias) != 0)
+        b = b->next;
+    if (!b && (b = calloc(1, sizeof(*b)))) {
+        snprintf(b->alias, sizeof(b->alias), "%s", k->alias);
+        b->next = gw->local;
+        gw->local = b;
+    }
+    return b;
+}
+
+/* The current period of a config key's budget; a new period forgets the
+ * spend of the last. */
+static void local_roll(local_budget *b, const config_key *k, int64_t now)
+{
+    if (!k->budget_duration)
+        return;
+    if (!b->period_end || now >= b->period_end) {
+        int64_t start, end;
+        config_period(k->budget_duration, now, &start, &end);
+        if (b->period_end)
+            b->spent = 0;
+        b->period_end = end;
+    }
+}
+
+/* A config key's budget: 0 admitted, else refused and answered. */
+static int call_admit_local(call *c, const config_key *k)
+{
+    local_budget *b = local_get(c->gw, k);
+    if (!b)
+        return 0;
+    local_roll(b, k, clock_wall_s());
+    c->worst = call_worst_price(c);
+    if (b->spent + b->reserved + c->worst > k->max_budget_nano && c->worst > 0) {
+        lease_refusal r = {.status = 402, .max = k->max_budget_nano, .spent = b->spent,
+                           .reset_at_us = b->period_end * 1000000};
+        snprintf(r.scope, sizeof r.scope, "key");
+        snprintf(r.id, sizeof r.id, "%s", k->alias);
+        call_refuse_budget(c, &r);
+        return -1;
+    }
+    b->reserved += c->worst;
+    c->local = b;
+    c->budget_left = k->max_budget_nano - b->spent - b->reserved;
+    return 0;
+}
+
+/* At start without a database: the spool is the ledger; the config keys'
+ * spend in their current periods is summed from it. */
+typedef struct local_scan {
+    gateway *gw;
+    const config *cfg;
+    size_t rows;
+} local_scan;
+
+static int local_scan_row(void *ud, const char *line, size_t len)
+{
+    local_scan *ls = ud;
+    json_error_t je;
+    json_t *row = json_loadb(line, len, 0, &je);
+    const char *alias = json_string_value(json_object_get(row, "key_alias"));
+    const char *at = json_string_value(json_object_get(row, "at"));
+    json_t *price = json_object_get(row, "price_nano");
+    if (alias && at && json_is_integer(price) && json_is_null(json_object_get(row, "key_id"))) {
+        for (size_t i = 0; i < ls->cfg->nkeys; i++) {
+            const config_key *k = &ls->cfg->keys[i];
+            if (k->max_budget_nano < 0 || strcmp(k->alias, alias) != 0)
+                continue;
+            struct tm tm = {0};
+            if (sscanf(at, "%4d-%2d-%2dT%2d:%2d:%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                       &tm.tm_hour, &tm.tm_min, &tm.tm_sec) != 6)
+                break;
+            tm.tm_year -= 1900;
+            tm.tm_mon -= 1;
+            int64_t t = (int64_t)timegm(&tm), start = INT64_MIN, end = 0;
+            if (k->budget_duration)
+                config_period(k->budget_duration, clock_wall_s(), &start, &end);
+            local_budget *b = local_get(ls->gw, k);
+            if (b && t >= start) {
+                b->spent += json_integer_value(price);
+                b->period_end = end;
+                ls->rows++;
+            }
+            break;
+        }
+    }
+    json_decref(row);
+    return 0;
+}
+
+static void local_rebuild(gateway *gw, const config *cfg)
+{
+    bool any = false;
+    for (size_t i = 0; i < cfg->nkeys; i++)
+        any |= cfg->keys[i].max_budget_nano >= 0;
+    if (!any || gw->store)
+        return;
+    local_scan ls = {gw, cfg, 0};
+    int rc = ledger_scan(cfg->ledger.spool_dir, local_scan_row, &ls);
+    if (rc != 0)
+        log_warn(NULL, "budgets: cannot read the spool %s: %s", cfg->ledger.spool_dir,
+                 strerror(-rc));
+    else
+        log_info(NULL, "budgets of config keys rebuilt from the spool: %zu calls this period",
+                 ls.rows);
+}
+
 /* Admission against the key's, team's and org's budgets. 0: admitted (go
  * on); else the call waits for a lease (call_budget_ready continues it) or
  * was refused and answered. */
@@ -1822,6 +1954,8 @@ static int call_admit_budgets(call *c)
     gateway *gw = c->gw;
     const tn_key *k = c->who.key;
     const tn_team *t = c->who.team;
+    if (c->who.ckey && c->who.ckey->max_budget_nano >= 0)
+        return call_admit_local(c, c->who.ckey);
     if (!gw->leases || !k)
         return 0;
     budget_ref refs[LEASES_MAX_REFS];
@@ -2638,6 +2772,7 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
         gw->failed = true;
         return gw;
     }
+    local_rebuild(gw, cfg);
     gw->jobs = jobs_new(gw->store);
     if (gw->store) {
         store_on_notify(gw->store, jobs_notified, gw);
@@ -2771,6 +2906,10 @@ void gateway_free(gateway *gw)
     jobs_free(gw->jobs);
     leases_free(gw->leases);
     ratelimits_free(gw->ratelimits);
+    for (local_budget *b = gw->local, *n; b; b = n) {
+        n = b->next;
+        free(b);
+    }
     store_free(gw->store);
     config_unref(gw->cfg);
     free(gw);
