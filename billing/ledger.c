@@ -81,7 +81,7 @@ typedef struct shipment {
 struct ledger {
     uv_loop_t *loop;
     ledger_options o;
-    char dir[4096];
+    char dir[4000];
     char instance[128];
     int lock_fd;
     ledger_sink_fn sink;
@@ -1052,6 +1052,12 @@ ledger *ledger_new(uv_loop_t *loop, const ledger_options *opt, ledger_sink_fn si
     l->sink_ud = sink_ud;
     l->queue_tail = &l->queue;
     l->live = sink != NULL;
+    if (opt->spool_dir && strlen(opt->spool_dir) >= sizeof(l->dir)) {
+        snprintf(err, errlen, "ledger: the spool directory path is longer than %zu bytes",
+                 sizeof(l->dir) - 1);
+        free(l);
+        return NULL;
+    }
     snprintf(l->dir, sizeof(l->dir), "%s", opt->spool_dir ? opt->spool_dir : "");
     snprintf(l->instance, sizeof(l->instance), "%s", opt->instance ? opt->instance : "");
     l->o.spool_dir = l->dir;

@@ -289,6 +289,9 @@ static const struct {
     {"byok_keys_key_id_fkey", "key_id", "no such key", NULL},
     {"byok_keys_check", "team_id", "give exactly one of team_id and key_id", NULL},
     {"admin_keys_name_key", "name", "an admin key with this name already exists", NULL},
+    {"credit_transactions_kind_reference_key", "reference",
+     "a transaction of this kind with this reference already exists", NULL},
+    {"credit_transactions_team_id_fkey", "team_id", "no such team", NULL},
 };
 
 /* ------------------------------------------------------------ a request */
@@ -1785,11 +1788,13 @@ static void team_credits(store *st, const config *cfg, http_req *req, const char
                   "adjustment; never 0)");
         goto out;
     }
-    if ((note && (!json_is_string(note) || json_string_length(note) > 1000)) ||
-        (ref &&
-         (!json_is_string(ref) || json_string_length(ref) < 1 || json_string_length(ref) > 200))) {
-        adm_error(req, actor, 400, "invalid_field",
-                  note && !json_is_string(note) ? "note" : "reference",
+    /* lengths in characters (jansson refuses \u0000 without JSON_ALLOW_NUL) */
+    bool note_bad = note && (!json_is_string(note) ||
+                             utf8_chars(json_string_value(note), json_string_length(note)) > 1000);
+    bool ref_bad = ref && (!json_is_string(ref) || json_string_length(ref) < 1 ||
+                           utf8_chars(json_string_value(ref), json_string_length(ref)) > 200);
+    if (note_bad || ref_bad) {
+        adm_error(req, actor, 400, "invalid_field", note_bad ? "note" : "reference",
                   "note: a string of at most 1000 characters; reference: 1 to 200 characters");
         goto out;
     }
@@ -1806,15 +1811,18 @@ static void team_credits(store *st, const config *cfg, http_req *req, const char
     param_str(&p, kind);
     param_str(&p, ref ? json_string_value(ref) : NULL);
     param_str(&p, note ? json_string_value(note) : NULL);
-    if (buf_append_str(&sql,
-                       "WITH t AS (INSERT INTO credit_transactions (team_id, amount_nano, kind, "
-                       "reference, actor, note) VALUES ($2::uuid, $3::bigint, $4, $5, $1, $6) "
-                       "RETURNING *), aud AS (INSERT INTO audit_log (actor, action, entity, "
-                       "entity_id, after) SELECT $1, 'credit_' || t.kind, 'credit_transactions', "
-                       "t.id::text, to_jsonb(t) FROM t) "
-                       "SELECT (" CREDIT_OUT ", 'balance', tollgate_usd(tm.credit_balance_nano + "
-                       "t.amount_nano)))::text, t.id::text FROM t JOIN teams tm ON tm.id = "
-                       "t.team_id") != 0) {
+    /* the team's row is locked first, so the balance answered is the one
+     * this transaction makes (a concurrent change is either before or after
+     * it); no such team: no row (404) */
+    if (buf_append_str(&sql, "WITH tm AS (SELECT id, credit_balance_nano FROM teams WHERE id = "
+                             "$2::uuid FOR NO KEY UPDATE), t AS (INSERT INTO credit_transactions "
+                             "(team_id, amount_nano, kind, reference, actor, note) SELECT tm.id, "
+                             "$3::bigint, $4, $5, $1, $6 FROM tm RETURNING *), aud AS (INSERT INTO "
+                             "audit_log (actor, action, entity, entity_id, after) SELECT $1, "
+                             "'credit_' || t.kind, 'credit_transactions', t.id::text, to_jsonb(t) "
+                             "FROM t) SELECT (" CREDIT_OUT ", 'balance', "
+                             "tollgate_usd(tm.credit_balance_nano + t.amount_nano)))::text, "
+                             "t.id::text FROM t JOIN tm ON tm.id = t.team_id") != 0) {
         params_free(&p);
         fail(c, 500, "internal", NULL, "out of memory");
         goto out;
@@ -1840,6 +1848,9 @@ static const struct {
     {"team", "team_id", "team_id", "team_id"},
     {"key", "key_alias", "key_alias", "key_alias"},
     {"job", "job_id", "job_id", "job_id"},
+    /* "key" is a key's id and alias: aliases are unique per team only, and
+     * config keys have no id */
+    {"key", "key_id", "key_id", "key_id"},
 };
 
 typedef struct usageq {
@@ -1850,11 +1861,19 @@ typedef struct usageq {
     bool for_key; /* /v1/usage: org and team filters and dimensions are not offered */
 } usageq;
 
+/* YYYY-MM-DD, a day that exists (PostgreSQL would refuse 2026-02-30 with
+ * an error that names no parameter) */
 static bool is_date(const char *s)
 {
-    return strlen(s) == 10 && isdigit((unsigned char)s[0]) && isdigit((unsigned char)s[3]) &&
-           s[4] == '-' && isdigit((unsigned char)s[5]) && isdigit((unsigned char)s[6]) &&
-           s[7] == '-' && isdigit((unsigned char)s[8]) && isdigit((unsigned char)s[9]);
+    static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (strlen(s) != 10 || s[4] != '-' || s[7] != '-')
+        return false;
+    for (int i = 0; i < 10; i++)
+        if (i != 4 && i != 7 && !isdigit((unsigned char)s[i]))
+            return false;
+    int y = atoi(s), m = atoi(s + 5), d = atoi(s + 8);
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return y >= 1 && m >= 1 && m <= 12 && d >= 1 && d <= mdays[m - 1] && (m != 2 || d < 29 || leap);
 }
 
 static int usage_param(void *ud, const char *name, const char *value)
@@ -1870,15 +1889,15 @@ static int usage_param(void *ud, const char *name, const char *value)
         char buf2[512];
         snprintf(buf2, sizeof(buf2), "%s", value);
         for (char *tok = strtok(buf2, ","); tok; tok = strtok(NULL, ",")) {
-            size_t i;
-            for (i = 0; i < N(usage_dims); i++)
+            unsigned found = 0;
+            for (size_t i = 0; i < N(usage_dims); i++)
                 if (strcmp(usage_dims[i].word, tok) == 0)
-                    break;
-            if (i == N(usage_dims) || (u->for_key && (i == 3 || i == 4)))
+                    found |= 1u << i;
+            if (!found || (u->for_key && (found & (1u << 3 | 1u << 4))))
                 return bad(u->e, "group_by",
                            "'%.40s' is not one of: day, model, provider%s, key, job", tok,
                            u->for_key ? "" : ", org, team");
-            u->dims |= 1u << i;
+            u->dims |= found;
         }
         return 0;
     }
@@ -1890,7 +1909,8 @@ static int usage_param(void *ud, const char *name, const char *value)
         return bad(u->e, name, "unknown query parameter");
     if (!is_uuid(value))
         return bad(u->e, name, "must be a UUID");
-    snprintf(dst, 40, "%s", value);
+    memcpy(dst, value, 36); /* a UUID: 36 characters */
+    dst[36] = '\0';
     return 0;
 }
 
@@ -2152,13 +2172,15 @@ void admin_payment_webhook(store *st, const config *cfg, http_req *req)
     req->on_abort = pay_abort;
     /* credited once per payment id: (kind, reference) is unique */
     pc->q = pg_send(store_pool(st), NULL,
-                    "WITH t AS (INSERT INTO credit_transactions (team_id, amount_nano, kind, "
-                    "reference, actor, note) VALUES ($1::uuid, $2::bigint, 'payment', $3, "
+                    "WITH tm AS (SELECT id, credit_balance_nano FROM teams WHERE id = $1::uuid "
+                    "FOR NO KEY UPDATE), t AS (INSERT INTO credit_transactions (team_id, "
+                    "amount_nano, kind, reference, actor, note) VALUES ($1::uuid, $2::bigint, "
+                    "'payment', $3, "
                     "'webhook', 'payment webhook') ON CONFLICT (kind, reference) DO NOTHING "
                     "RETURNING *) SELECT json_build_object('credited', true, 'transaction_id', "
                     "t.id, 'team_id', t.team_id, 'amount', tollgate_usd(t.amount_nano), "
                     "'balance', tollgate_usd(tm.credit_balance_nano + t.amount_nano))::text FROM "
-                    "t JOIN teams tm ON tm.id = t.team_id",
+                    "t JOIN tm ON tm.id = t.team_id",
                     3, vals, pay_done, pc);
     if (!pc->q) {
         req->app = NULL;

@@ -573,7 +573,8 @@ describe('the seed\'s paths', () => {
     assert.equal(u.body.completion_tokens, Number(want[2]));
     assert.equal(u.body.price, usd(want[3]));
     assert.equal(u.body.errors, 0);
-    assert.equal(u.body.credit_balance, '0.00');
+    // a consumption_usd team pays its calls from its credits (none topped up: negative)
+    assert.equal(u.body.credit_balance, usd(String(-Number(want[3]))));
     // another team's, an unknown one, a config key: 404
     expectError(await api(gwA, 'GET', `/api/teams/${ta.team.id}/usage`, { key: ts.secret }), 404, 'team_not_found', 'other team usage');
     expectError(await api(gwA, 'GET', `/api/teams/${ts.team.id}/usage`, { key: ta.secret }), 404, 'team_not_found', 'usage by another team');

@@ -585,7 +585,7 @@ static void test_errors_models_and_keys(void **state)
     expect_error(WITH("keys:\n  - {key: tg-one-0123456789abcdef, alias: a, models: mock-1}\n"),
                  "keys[0].models: expected a list of model aliases", NULL, NULL);
     expect_error(WITH("keys:\n  - {key: tg-one-0123456789abcdef, alias: a, secret: x}\n"),
-                 "t.yaml:4: keys[0].secret: unknown key", "alias, rpm, key, key_sha256, models",
+                 "t.yaml:4: keys[0].secret: unknown key", "alias, rpm, max_budget, budget_duration, key, key_sha256, models",
                  NULL);
 #undef WITH
 }
