@@ -19,7 +19,7 @@ import crypto from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import OpenAI from 'openai';
 import { startGateway, baseConfig, newRequestId, sleep, KEY, LIMITED_KEY } from './lib/gateway.mjs';
-import { startMigratedPg, startDbGateway, adminClient, makeTenant } from './lib/tenancy.mjs';
+import { startMigratedPg, startDbGateway, adminClient, makeTenant, usd, api } from './lib/tenancy.mjs';
 
 const T = { timeout: 30000 };
 const PROPAGATION_MS = 1000;
@@ -31,39 +31,6 @@ const OUT_NANO = 2000n;
 const priced = (cfg) => {
   cfg.models = cfg.models.map((m) => (m.name === 'mock-1' ? { ...m, price: { input: '1.00', output: '2.00' } } : m));
 };
-
-/** tollgate_usd(): nano-USD as a decimal string, at least two decimals, no trailing zeros beyond. */
-function usd(nano) {
-  let n = BigInt(nano);
-  const neg = n < 0n;
-  if (neg) n = -n;
-  let frac = (n % 1000000000n).toString().padStart(9, '0').replace(/0+$/, '');
-  if (frac.length < 2) frac = frac.padEnd(2, '0');
-  return `${neg ? '-' : ''}${n / 1000000000n}.${frac}`;
-}
-
-const parse = (text) => {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return null;
-  }
-};
-
-/** One request: {status, body (JSON or null), text}. body: object (JSON) or raw string. */
-async function api(gw, method, p, { key = KEY, body, headers = {}, timeoutMs = 5000 } = {}) {
-  const h = { ...headers };
-  if (key !== null) h.authorization = `Bearer ${key}`;
-  if (body !== undefined) h['content-type'] = 'application/json';
-  const r = await fetch(gw.url(p), {
-    method,
-    headers: h,
-    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-    signal: AbortSignal.timeout(timeoutMs),
-  });
-  const text = await r.text();
-  return { status: r.status, body: parse(text), text, headers: r.headers };
-}
 
 const createJob = async (gw, key, body = { type: 'test' }) => {
   const r = await api(gw, 'POST', '/v1/jobs', { key, body });

@@ -18,7 +18,7 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { newRequestId, sleep, KEY, LIMITED_KEY } from './lib/gateway.mjs';
-import { startMigratedPg, startDbGateway, adminClient, makeTenant, MASTER_KEY } from './lib/tenancy.mjs';
+import { startMigratedPg, startDbGateway, adminClient, makeTenant, MASTER_KEY, usd, api } from './lib/tenancy.mjs';
 
 const T = { timeout: 30000 };
 
@@ -27,38 +27,6 @@ const patch = (cfg) => {
   cfg.models.push({ name: 'mock-2', provider: 'mock' }); // no price, no catalog entry
   cfg.ledger = { ship_interval: '50ms' };
 };
-
-/** tollgate_usd(): nano-USD as a decimal string, at least two decimals. */
-function usd(nano) {
-  let n = BigInt(nano);
-  const neg = n < 0n;
-  if (neg) n = -n;
-  let frac = (n % 1000000000n).toString().padStart(9, '0').replace(/0+$/, '');
-  if (frac.length < 2) frac = frac.padEnd(2, '0');
-  return `${neg ? '-' : ''}${n / 1000000000n}.${frac}`;
-}
-
-const parse = (text) => {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return null;
-  }
-};
-
-async function api(gw, method, p, { key = KEY, body, headers = {}, timeoutMs = 10000 } = {}) {
-  const h = { ...headers };
-  if (key !== null) h.authorization = `Bearer ${key}`;
-  if (body !== undefined) h['content-type'] = 'application/json';
-  const r = await fetch(gw.url(p), {
-    method,
-    headers: h,
-    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-    signal: AbortSignal.timeout(timeoutMs),
-  });
-  const text = await r.text();
-  return { status: r.status, body: parse(text), text, headers: r.headers };
-}
 
 /** A chat completion: {status, body, text, headers, id}. */
 async function chat(gw, key, model, { stream = false, job = null, content = 'Hello usage!' } = {}) {

@@ -12,7 +12,7 @@
 // credentials at rest) and MASTER_KEY, so two instances see the same
 // database the same way.
 import { startPg } from './pg.mjs';
-import { baseConfig, runTollgate, startGateway } from './gateway.mjs';
+import { KEY, baseConfig, runTollgate, startGateway } from './gateway.mjs';
 
 /** The admin master key of every database gateway started here. */
 export const MASTER_KEY = 'tg-master-key-0123456789abcdef';
@@ -114,4 +114,41 @@ export async function makeTenant(admin, name, keyFields = {}) {
   const team = await admin.create('teams', { org_id: org.id, name: `team-${name}` });
   const key = await admin.create('keys', { team_id: team.id, alias: `key-${name}`, ...keyFields });
   return { org, team, key, secret: key.key };
+}
+
+/** tollgate_usd(): nano-USD (number, string or bigint) as the API's decimal string. */
+export function usd(nano) {
+  let n = BigInt(nano);
+  const neg = n < 0n;
+  if (neg) n = -n;
+  let frac = (n % 1000000000n).toString().padStart(9, '0').replace(/0+$/, '');
+  if (frac.length < 2) frac = frac.padEnd(2, '0');
+  return `${neg ? '-' : ''}${n / 1000000000n}.${frac}`;
+}
+
+/** JSON.parse, or null. */
+export const parseJson = (text) => {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+};
+
+/**
+ * One request to gw as `key` (the config key by default; null: none):
+ * {status, body (JSON or null), text, headers}. body: object (JSON) or raw string.
+ */
+export async function api(gw, method, p, { key = KEY, body, headers = {}, timeoutMs = 10000 } = {}) {
+  const h = { ...headers };
+  if (key !== null) h.authorization = `Bearer ${key}`;
+  if (body !== undefined) h['content-type'] = 'application/json';
+  const r = await fetch(gw.url(p), {
+    method,
+    headers: h,
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    signal: AbortSignal.timeout(timeoutMs),
+  });
+  const text = await r.text();
+  return { status: r.status, body: parseJson(text), text, headers: r.headers };
 }
