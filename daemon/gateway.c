@@ -1767,6 +1767,16 @@ static int64_t call_worst_price(const call *c)
     return money_cost((int64_t)c->prompt_est, in_rate) + money_cost(out, out_rate);
 }
 
+/* The call waits for a lease or a rate slice: the request is held, an
+ * abort cancels the wait. Returns 1. */
+static int call_wait(call *c)
+{
+    c->req->app = c;
+    c->req->on_abort = call_on_abort;
+    c->phase = CALL_ADMITTING;
+    return 1;
+}
+
 /* Gives back what the call holds of its budgets (price 0: it never ran). */
 static void call_unclaim(call *c)
 {
@@ -1977,12 +1987,8 @@ static int call_admit_budgets(call *c)
         c->budget_left = leases_remaining(&c->claim);
         return 0;
     }
-    if (rc == 1) {
-        c->req->app = c;
-        c->req->on_abort = call_on_abort;
-        c->phase = CALL_ADMITTING;
-        return 1;
-    }
+    if (rc == 1)
+        return call_wait(c);
     call_refuse_budget(c, &r);
     return -1;
 }
@@ -2069,12 +2075,8 @@ static int call_admit_limits(call *c)
                               &c->rwait, &r);
     if (rc == 0)
         return 0;
-    if (rc == 1) {
-        c->req->app = c;
-        c->req->on_abort = call_on_abort;
-        c->phase = CALL_ADMITTING;
-        return 1;
-    }
+    if (rc == 1)
+        return call_wait(c);
     call_refuse_rate(c, &r);
     return -1;
 }
