@@ -803,6 +803,23 @@ static int expr_of(buf *b, int n, const char *cast)
     return buf_printf(b, "$%d%s", n, cast);
 }
 
+/* A body field as the next parameter, and its SQL expression appended
+ * to expr. 0, -EINVAL (e names the field), or another error. */
+static int field_param(actx *c, const afield *f, json_t *v, params *p, buf *expr, verr *e)
+{
+    char *val = NULL;
+    const char *cast;
+    int rc = field_value(c->cfg, f, v, &val, &cast, e);
+    if (rc)
+        return rc;
+    int n = param_str(p, val);
+    if (val) {
+        explicit_bzero(val, strlen(val));
+        free(val);
+    }
+    return n < 0 ? n : expr_of(expr, n, cast);
+}
+
 static const char *col_of(const afield *f)
 {
     return f->column ? f->column : f->name;
@@ -1177,8 +1194,6 @@ static void do_create(actx *c, json_t *body)
     bool first = true;
     for (size_t i = 0; !rc && i < r->nfields; i++) {
         const afield *f = &r->fields[i];
-        char *val = NULL;
-        const char *cast;
         v = json_object_get(body, f->name);
         if (!v) {
             if (f->flags & AF_REQUIRED) {
@@ -1191,23 +1206,11 @@ static void do_create(actx *c, json_t *body)
             rc = bad(&e, f->name, "cannot be set at creation");
             goto out;
         }
-        rc = field_value(c->cfg, f, v, &val, &cast, &e);
-        if (rc)
-            goto out;
-        int n = param_str(&p, val);
-        if (val) {
-            explicit_bzero(val, strlen(val));
-            free(val);
-        }
-        if (n < 0) {
-            rc = n;
-            goto out;
-        }
         rc = buf_printf(&sql, "%s%s", first ? "" : ", ", col_of(f));
         if (!rc)
             rc = buf_append_str(&vals, first ? "" : ", ");
         if (!rc)
-            rc = expr_of(&vals, n, cast);
+            rc = field_param(c, f, v, &p, &vals, &e);
         first = false;
     }
     if (!rc && strcmp(r->path, "byok") == 0) {
@@ -1288,8 +1291,6 @@ static void do_update(actx *c, const char *id, const char *action, const char *s
         json_object_foreach(body, k, v)
         {
             const afield *f = field_find(r->fields, r->nfields, k);
-            char *val = NULL;
-            const char *cast;
             if (!f && (r->flags & R_SECRET) && strcmp(k, "secret") == 0)
                 continue;
             if (!f) {
@@ -1302,21 +1303,9 @@ static void do_update(actx *c, const char *id, const char *action, const char *s
                                                   : "");
                 goto out;
             }
-            rc = field_value(c->cfg, f, v, &val, &cast, &e);
-            if (rc)
-                goto out;
-            int n = param_str(&p, val);
-            if (val) {
-                explicit_bzero(val, strlen(val));
-                free(val);
-            }
-            if (n < 0) {
-                rc = n;
-                goto out;
-            }
             rc = buf_printf(&set, "%s%s = ", any ? ", " : "", col_of(f));
             if (!rc)
-                rc = expr_of(&set, n, cast);
+                rc = field_param(c, f, v, &p, &set, &e);
             if (rc)
                 goto out;
             any = true;
