@@ -122,6 +122,7 @@ void budget_renewed(budget_share *b, bool exists, const char *lease_id, int64_t 
                     uint64_t now_ns, uint64_t ttl_ns)
 {
     b->renewing = false;
+    b->uncertain = false;
     b->known = true;
     b->exists = exists;
     b->reporting = 0;
@@ -148,6 +149,7 @@ void budget_renewed(budget_share *b, bool exists, const char *lease_id, int64_t 
 void budget_renew_failed(budget_share *b)
 {
     b->renewing = false;
+    b->uncertain = true; /* the database may have granted what we never heard */
     b->settled += b->reporting;
     b->reporting = 0;
 }

@@ -429,7 +429,8 @@ static void tick_cb(uv_timer_t *t)
         budget_share *b = &e->b;
         if (budget_should_renew(b, now, ls->ttl_ns))
             renew(ls, e, ls->draining ? b->reserved : budget_want(b, now, LEASES_IDLE_NS));
-        bool idle = !b->renewing && b->lease == 0 && b->reserved == 0 && b->settled == 0;
+        bool idle =
+            !b->renewing && !b->uncertain && b->lease == 0 && b->reserved == 0 && b->settled == 0;
         if (idle) { /* nothing held: off the active list */
             e->active = false;
             *pp = e->next_active;
@@ -467,7 +468,7 @@ leases *leases_new(uv_loop_t *loop, store *st, const char *instance, uint32_t tt
 static void drain_entry(leases *ls, lease_entry *e)
 {
     budget_share *b = &e->b;
-    if (b->exists && !b->renewing && (b->lease > b->reserved || b->settled > 0))
+    if (!b->renewing && (b->uncertain || (b->exists && (b->lease > b->reserved || b->settled > 0))))
         renew(ls, e, b->reserved);
 }
 
