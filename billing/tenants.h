@@ -81,6 +81,7 @@ typedef struct tn_team {
     int64_t org_max_budget_nano; /* its organization's; -1 = none */
     uint32_t rpm;                /* the team's requests per minute; 0 = unlimited */
     uint64_t tpm;                /* its tokens per minute; 0 = unlimited */
+    int64_t credit_limit_nano;   /* how far below 0 its credits may go; -1 = not enforced */
 } tn_team;
 
 typedef struct tn_key {

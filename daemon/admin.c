@@ -120,6 +120,7 @@ static const afield team_fields[] = {
     {"name", NULL, FT_TEXT, AF_REQUIRED, 1, 200, NULL},
     {"budget_mode", NULL, FT_ENUM, 0, 0, 0, budget_modes},
     {"tokens_per_credit", NULL, FT_INT, 0, 1, INT64_C(1000000000000), NULL},
+    {"credit_limit", "credit_limit_nano", FT_USD, AF_NULL, 0, 0, NULL},
     {"rpm", NULL, FT_INT, AF_NULL, 0, 1000000000, NULL},
     {"tpm", NULL, FT_INT, AF_NULL, 0, INT64_C(1000000000000), NULL},
     {"max_budget", "max_budget_nano", FT_USD, AF_NULL, 0, 0, NULL},
@@ -223,7 +224,8 @@ static const resource resources[] = {
      org_fields, N(org_fields), NULL, 0, NULL, 0, "created_at, id", "id", -1, 0, NULL},
     {"teams", "teams", "team",
      "id, org_id, name, status, budget_mode, tokens_per_credit, "
-     "tollgate_usd(credit_balance_nano) AS credit_balance, tollgate_usd(max_budget_nano) AS "
+     "tollgate_usd(credit_balance_nano) AS credit_balance, tollgate_usd(credit_limit_nano) AS "
+     "credit_limit, tollgate_usd(max_budget_nano) AS "
      "max_budget, budget_duration, rpm, tpm, metadata, " TS,
      team_fields, N(team_fields), team_filters, N(team_filters), team_actions, N(team_actions),
      "created_at, id", "id", TN_TEAM, 0, NULL},

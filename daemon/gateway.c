@@ -178,6 +178,7 @@ typedef struct call {
     char job_id[37];               /* the job it is attached to, or "" */
     lease_claim claim;             /* what it holds of its budgets (worst case) */
     int64_t worst;                 /* its worst-case price */
+    int64_t worst_credits;         /* its worst case in its team's credits (billionths) */
     int64_t budget_left;           /* the tightest budget's remainder at admission; -1 none */
     local_budget *local;           /* a config key's budget it reserved in, or NULL */
     lease_wait *wait;              /* waiting for a lease */
@@ -434,6 +435,8 @@ static void call_ledger(call *c, const call_usage *u, int64_t latency_us, int64_
     (void)ledger_append(gw->ledger, &r); /* past its bound it still keeps the row */
 }
 
+static int64_t call_credits(const call *c, int64_t price, int64_t tokens);
+
 static void call_log(call *c)
 {
     http_req *req = c->req;
@@ -503,7 +506,8 @@ static void call_log(call *c)
     call_ledger(c, &u, (int64_t)((now - req->t_start_ns) / 1000),
                 c->t_first_ns ? (int64_t)((c->t_first_ns - req->t_start_ns) / 1000) : -1);
     if (c->claim.n && c->gw->leases)
-        leases_settle(c->gw->leases, &c->claim, u.price > 0 ? u.price : 0);
+        leases_settle(c->gw->leases, &c->claim, u.price > 0 ? u.price : 0,
+                      call_credits(c, u.price, u.prompt + u.completion));
     if (c->rclaim.n && c->gw->ratelimits)
         ratelimits_settle(c->gw->ratelimits, &c->rclaim, u.prompt + u.completion);
     if (c->local) {
@@ -1737,6 +1741,15 @@ refuse:
 
 /* ------------------------------------------------------------ budgets */
 
+/* The call's output cap: what it asks for, or budgets.default_max_output. */
+static int64_t call_max_output(const call *c)
+{
+    return c->info.max_completion_tokens >= 0 ? c->info.max_completion_tokens
+           : c->info.max_tokens >= 0          ? c->info.max_tokens
+           : c->creq.max_tokens > 0           ? c->creq.max_tokens
+                                              : (int64_t)c->cfg->budgets.default_max_output;
+}
+
 /* The call's worst-case customer price: its prompt and its output cap (or
  * budgets.default_max_output tokens) at the alias's price. BYOK calls and
  * unpriced models cost the customer nothing here. */
@@ -1744,10 +1757,7 @@ static int64_t call_worst_price(const call *c)
 {
     if (c->credential && strstr(c->credential, "byok"))
         return 0;
-    int64_t out = c->info.max_completion_tokens >= 0 ? c->info.max_completion_tokens
-                  : c->info.max_tokens >= 0         ? c->info.max_tokens
-                  : c->creq.max_tokens > 0          ? c->creq.max_tokens
-                                                    : (int64_t)c->cfg->budgets.default_max_output;
+    int64_t out = call_max_output(c);
     int64_t in_rate = -1, out_rate = -1;
     if (c->model->price.given) {
         in_rate = c->model->price.input;
@@ -1765,6 +1775,24 @@ static int64_t call_worst_price(const call *c)
     if (in_rate < 0)
         return 0;
     return money_cost((int64_t)c->prompt_est, in_rate) + money_cost(out, out_rate);
+}
+
+/* What a call of this price and these tokens takes from its team's
+ * credits (billionths of a credit, as the ledger charges them: nano-USD in
+ * consumption_usd, tokens / tokens_per_credit in consumption_tokens); 0
+ * for BYOK and for teams in no consumption mode. */
+static int64_t call_credits(const call *c, int64_t price, int64_t tokens)
+{
+    const tn_team *t = c->who.team;
+    if (!t || (c->credential && strstr(c->credential, "byok")))
+        return 0;
+    if (t->budget_mode == TN_BUDGET_USD)
+        return price > 0 ? price : 0;
+    if (t->budget_mode != TN_BUDGET_TOKENS || tokens <= 0 || t->tokens_per_credit <= 0)
+        return 0;
+    if (tokens > INT64_MAX / 1000000000)
+        return INT64_MAX;
+    return (tokens * 1000000000 + t->tokens_per_credit - 1) / t->tokens_per_credit;
 }
 
 /* The call waits for a lease or a rate slice: the request is held, an
@@ -1795,7 +1823,7 @@ static void call_unclaim(call *c)
         c->wait = NULL;
     }
     if (c->claim.n && c->gw->leases)
-        leases_settle(c->gw->leases, &c->claim, 0);
+        leases_settle(c->gw->leases, &c->claim, 0, 0);
 }
 
 static void call_refuse_budget(call *c, const lease_refusal *r)
@@ -1803,7 +1831,10 @@ static void call_refuse_budget(call *c, const lease_refusal *r)
     http_req *req = c->req;
     const chat_format *fin = c->fin;
     char msg[400], max[MONEY_FMT_MAX], spent[MONEY_FMT_MAX], reset[64] = "";
-    const char *who = strcmp(r->scope, "key") == 0 ? "key" : strcmp(r->scope, "team") == 0 ? "team" : "organization";
+    const char *who = strcmp(r->scope, "key") == 0 ? "key"
+                      : strcmp(r->scope, "team") == 0 || strcmp(r->scope, "credit") == 0
+                          ? "team"
+                          : "organization";
     money_format(r->max, max, sizeof max);
     money_format(r->spent, spent, sizeof spent);
     if (r->reset_at_us > 0) {
@@ -1812,26 +1843,38 @@ static void call_refuse_budget(call *c, const lease_refusal *r)
         gmtime_r(&t, &tm);
         strftime(reset, sizeof reset, "; it resets at %Y-%m-%dT%H:%M:%SZ", &tm);
     }
-    if (r->status == 402)
+    bool credit = strcmp(r->scope, "credit") == 0;
+    if (r->status == 402 && credit) {
+        char left[MONEY_FMT_MAX];
+        money_format(r->max - r->spent > 0 ? r->max - r->spent : 0, left, sizeof left);
+        bool usd = c->who.team && c->who.team->budget_mode == TN_BUDGET_USD;
+        snprintf(msg, sizeof msg,
+                 "Out of credits for this team (%s): %s%s %s left, not enough for this call. "
+                 "Add credits to continue.",
+                 r->id, usd ? "$" : "", left, usd ? "of credit" : "credits");
+    } else if (r->status == 402) {
         snprintf(msg, sizeof msg,
                  "Budget exhausted for this %s (%s): $%s of $%s spent this period, not enough "
                  "left for this call%s.",
                  who, r->id, spent, max, reset[0] ? reset : " (it does not reset)");
-    else
+    } else {
         snprintf(msg, sizeof msg,
                  "The budget of this %s cannot be checked right now (database unreachable); no "
                  "call is admitted past a budget unchecked. Retry shortly.",
                  who);
+    }
     access_log_simple(req, r->status, c->key->alias);
     req->app = NULL;
     req->on_abort = NULL;
     c->req = NULL;
     call_free(c);
     send_error_in(req, fin, r->status,
-                  r->status == 402 ? (fin->id == CHAT_FMT_OPENAI ? "insufficient_quota" : "billing_error")
-                                   : (fin->id == CHAT_FMT_OPENAI ? "server_error" : "api_error"),
-                  r->status == 402 ? "budget_exceeded" : "budget_unavailable", NULL,
-                  r->status == 503 ? "retry-after: 1\r\n" : NULL, "%s", msg);
+                  r->status == 402
+                      ? (fin->id == CHAT_FMT_OPENAI ? "insufficient_quota" : "billing_error")
+                      : (fin->id == CHAT_FMT_OPENAI ? "server_error" : "api_error"),
+                  r->status == 402 ? (credit ? "credits_exhausted" : "budget_exceeded")
+                                   : "budget_unavailable",
+                  NULL, r->status == 503 ? "retry-after: 1\r\n" : NULL, "%s", msg);
 }
 
 static void call_budget_ready(void *ud, int rc, const lease_refusal *r)
@@ -1976,13 +2019,17 @@ static int call_admit_budgets(call *c)
         refs[n++] = (budget_ref){"team", t->e.id.s};
     if (t && t->org_max_budget_nano >= 0)
         refs[n++] = (budget_ref){"org", t->org_id.s};
+    if (t && t->credit_limit_nano >= 0 &&
+        (t->budget_mode == TN_BUDGET_USD || t->budget_mode == TN_BUDGET_TOKENS))
+        refs[n++] = (budget_ref){"credit", t->e.id.s};
     if (!n)
         return 0;
     c->worst = call_worst_price(c);
+    c->worst_credits = call_credits(c, c->worst, (int64_t)c->prompt_est + call_max_output(c));
     lease_refusal r;
     memset(&r, 0, sizeof r);
-    int rc = leases_admit(gw->leases, refs, n, c->worst, &c->claim, call_budget_ready, c, &c->wait,
-                          &r);
+    int rc = leases_admit(gw->leases, refs, n, c->worst, c->worst_credits, &c->claim,
+                          call_budget_ready, c, &c->wait, &r);
     if (rc == 0) {
         c->budget_left = leases_remaining(&c->claim);
         return 0;
@@ -1994,14 +2041,6 @@ static int call_admit_budgets(call *c)
 }
 
 /* ------------------------------------------------------------ rate limits */
-
-static int64_t call_max_output(const call *c)
-{
-    return c->info.max_completion_tokens >= 0 ? c->info.max_completion_tokens
-           : c->info.max_tokens >= 0         ? c->info.max_tokens
-           : c->creq.max_tokens > 0          ? c->creq.max_tokens
-                                             : (int64_t)c->cfg->budgets.default_max_output;
-}
 
 static void call_refuse_rate(call *c, const rate_refusal *r)
 {

@@ -217,7 +217,8 @@ jerr(http_req *req, int status, const char *code, const char *fmt, ...)
     va_end(ap);
     buf b;
     buf_init(&b, 4096);
-    const char *type = status == 404   ? "not_found_error"
+    const char *type = status == 402   ? "insufficient_quota"
+                       : status == 404 ? "not_found_error"
                        : status == 409 ? "conflict_error"
                        : status >= 500 ? "server_error"
                                        : "invalid_request_error";
@@ -291,6 +292,12 @@ static void on_result(void *ud, const PGresult *res, const pg_error *err)
     int n = PQntuples(res);
     switch (r->op) {
     case J_CREATE: {
+        if (n != 1) {
+            jerr(req, 402, "credits_exhausted",
+                 "Out of credits for this team: a job costs 1 credit and the balance is below "
+                 "it. Add credits to continue.");
+            break;
+        }
         const char *row = pg_value(res, 0, 0);
         job_put(r->j, pg_value(res, 0, 1), r->has_team ? r->team_id : NULL, r->key_alias, true);
         http_respond(req, 201, "application/json", NULL, row, strlen(row));
@@ -404,8 +411,12 @@ static void do_create(jreq *r, http_req *req, const job_owner *who)
     }
     const char *params[5] = {who->team_id, who->key_id, who->key_alias, type, meta_text};
     run(r,
-        "WITH j AS (INSERT INTO jobs (team_id, key_id, key_alias, type, metadata) VALUES "
-        "($1::uuid, $2::uuid, $3, $4, $5::jsonb) RETURNING *) SELECT json_build_object('id', j.id, "
+        /* a team paying per job (job_based) starts one only while its
+         * credits cover it */
+        "WITH j AS (INSERT INTO jobs (team_id, key_id, key_alias, type, metadata) SELECT "
+        "$1::uuid, $2::uuid, $3, $4, $5::jsonb WHERE NOT EXISTS (SELECT 1 FROM teams t WHERE "
+        "t.id = $1::uuid AND t.budget_mode = 'job_based' AND t.credit_balance_nano + "
+        "t.credit_limit_nano < 1000000000) RETURNING *) SELECT json_build_object('id', j.id, "
         "'object', 'job', 'type', j.type, 'status', j.status, 'team_id', j.team_id, 'metadata', "
         "j.metadata, 'created_at', j.created_at)::text, j.id::text FROM j",
         NULL, 5, params);

@@ -14,6 +14,7 @@
 #define LEASES_TICK_MS 25
 #define LEASES_IDLE_NS (10ull * 1000000000)    /* give a lease back after 10 s unused */
 #define LEASES_RECHECK_NS (10ull * 1000000000) /* "no budget" is asked again after 10 s */
+#define LEASES_STALE_NS (1000ull * 1000000)    /* a refusal older than 1 s is checked again */
 #define LEASES_RESET_RETRY_NS                                                                      \
     (50ull * 1000000) /* a period past its reset: asked at most every 50 ms */
 
@@ -21,6 +22,7 @@ struct lease_entry {
     char scope[8];
     char id[37];
     budget_share b;
+    bool credit;       /* scope "credit": counts credits, not nano-USD */
     bool active;       /* on the active list */
     lease_entry *next; /* hash chain */
     lease_entry *next_active;
@@ -30,7 +32,7 @@ struct lease_wait {
     leases *ls;
     lease_entry *e[LEASES_MAX_REFS];
     size_t n;
-    int64_t worst;
+    int64_t worst, worst_credits;
     lease_claim *claim;
     void (*cb)(void *, int, const lease_refusal *);
     void *ud;
@@ -96,6 +98,7 @@ static lease_entry *entry_get(leases *ls, const char *scope, const char *id)
         return NULL;
     snprintf(e->scope, sizeof(e->scope), "%s", scope);
     snprintf(e->id, sizeof(e->id), "%s", id);
+    e->credit = strcmp(scope, "credit") == 0;
     e->next = ls->slot[s];
     ls->slot[s] = e;
     ls->st.budgets++;
@@ -227,31 +230,38 @@ static bool could_grant(const lease_entry *e, int64_t worst, uint64_t now)
     return b->max - b->spent - others - b->settled - b->reporting >= worst + b->reserved;
 }
 
+/* A call's amount in e's unit. */
+static int64_t amount_in(const lease_entry *e, int64_t usd, int64_t credits)
+{
+    return e->credit ? credits : usd;
+}
+
 /* Tries every entry; all or nothing. 0 admitted, else the index + 1 of
  * the entry that refused. */
-static size_t try_admit(lease_entry **es, size_t n, int64_t worst, uint64_t now)
+static size_t try_admit(lease_entry **es, size_t n, int64_t worst, int64_t wc, uint64_t now)
 {
     for (size_t i = 0; i < n; i++) {
-        if (!budget_admit(&es[i]->b, worst, now)) {
+        if (!budget_admit(&es[i]->b, amount_in(es[i], worst, wc), now)) {
             for (size_t k = 0; k < i; k++)
-                budget_settle(&es[k]->b, worst, 0, now);
+                budget_settle(&es[k]->b, amount_in(es[k], worst, wc), 0, now);
             return i + 1;
         }
     }
     return 0;
 }
 
-static void fill_claim(lease_claim *c, lease_entry **es, size_t n, int64_t worst)
+static void fill_claim(lease_claim *c, lease_entry **es, size_t n, int64_t worst, int64_t wc)
 {
     c->n = n;
     c->worst = worst;
+    c->worst_credits = wc;
     for (size_t i = 0; i < n; i++)
         c->e[i] = es[i];
 }
 
-int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, lease_claim *claim,
-                 void (*cb)(void *ud, int rc, const lease_refusal *r), void *ud, lease_wait **w,
-                 lease_refusal *refusal)
+int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, int64_t wc,
+                 lease_claim *claim, void (*cb)(void *ud, int rc, const lease_refusal *r), void *ud,
+                 lease_wait **w, lease_refusal *refusal)
 {
     lease_entry *es[LEASES_MAX_REFS];
     uint64_t now = clock_mono_ns();
@@ -266,31 +276,35 @@ int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, le
             return -EDQUOT;
         }
         activate(ls, es[i]);
+        int64_t need = amount_in(es[i], worst, wc);
         if (!es[i]->b.known) {
             /* a call with nothing to charge (BYOK) does not wait for it */
-            unknown = unknown || worst > 0;
-            es[i]->b.last_worst = worst;
-            renew(ls, es[i], budget_want(&es[i]->b, now, LEASES_IDLE_NS) + worst);
+            unknown = unknown || need > 0;
+            es[i]->b.last_worst = need;
+            renew(ls, es[i], budget_want(&es[i]->b, now, LEASES_IDLE_NS) + need);
         } else if (!es[i]->b.exists && now - es[i]->b.renewed_ns > LEASES_RECHECK_NS) {
             renew(ls, es[i], 0); /* has one been set meanwhile? (served unlimited till then) */
         }
     }
     if (!unknown) {
-        size_t bad = try_admit(es, n, worst, now);
+        size_t bad = try_admit(es, n, worst, wc, now);
         if (!bad) {
-            fill_claim(claim, es, n, worst);
+            fill_claim(claim, es, n, worst, wc);
             ls->st.admitted++;
             return 0;
         }
         lease_entry *e = es[bad - 1];
-        /* could a renewal grant more? (not if the budget is spent) */
-        bool hope = could_grant(e, worst, now);
+        int64_t need = amount_in(e, worst, wc);
+        /* could a renewal grant more? (not if the budget is spent, as
+         * last seen: a last answer older than LEASES_STALE_NS is asked
+         * again, so a raised maximum or a top-up is seen) */
+        bool hope = could_grant(e, need, now) || now - e->b.renewed_ns > LEASES_STALE_NS;
         if (!hope && !e->b.renewing) {
             ls->st.refusals++;
             refusal_of(e, 402, refusal);
             return -EDQUOT;
         }
-        renew(ls, e, budget_want(&e->b, now, LEASES_IDLE_NS) + worst);
+        renew(ls, e, budget_want(&e->b, now, LEASES_IDLE_NS) + need);
     }
     lease_wait *lw = calloc(1, sizeof(*lw));
     if (!lw) {
@@ -301,6 +315,7 @@ int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, le
     lw->n = n;
     memcpy(lw->e, es, n * sizeof(es[0]));
     lw->worst = worst;
+    lw->worst_credits = wc;
     lw->claim = claim;
     lw->cb = cb;
     lw->ud = ud;
@@ -349,20 +364,21 @@ static void retry_waits(leases *ls)
                     if (!w->e[i]->b.known)
                         bad = i + 1;
             } else {
-                bad = try_admit(w->e, w->n, w->worst, now);
+                bad = try_admit(w->e, w->n, w->worst, w->worst_credits, now);
             }
             if (!bad) {
-                fill_claim(w->claim, w->e, w->n, w->worst);
+                fill_claim(w->claim, w->e, w->n, w->worst, w->worst_credits);
                 ls->st.admitted++;
                 rc = 0;
             } else {
                 lease_entry *e = w->e[bad - 1];
-                if (e->b.known && could_grant(e, w->worst, now)) {
+                int64_t need = amount_in(e, w->worst, w->worst_credits);
+                if (e->b.known && could_grant(e, need, now)) {
                     /* the renewal answered with less than this call needs
                      * (the calls waiting with it took it) but the budget
                      * has more: ask again, still within the deadline */
                     if (now < w->deadline_ns)
-                        renew(ls, e, budget_want(&e->b, now, LEASES_IDLE_NS) + w->worst);
+                        renew(ls, e, budget_want(&e->b, now, LEASES_IDLE_NS) + need);
                     if (!e->b.renewing) {
                         refusal_of(e, 503, &r);
                         rc = -EDQUOT;
@@ -391,12 +407,15 @@ static void retry_waits(leases *ls)
     }
 }
 
-void leases_settle(leases *ls, lease_claim *claim, int64_t price)
+void leases_settle(leases *ls, lease_claim *claim, int64_t price, int64_t credits)
 {
     uint64_t now = clock_mono_ns();
     for (size_t i = 0; i < claim->n; i++) {
-        budget_settle(&claim->e[i]->b, claim->worst, price < 0 ? 0 : price, now);
-        activate(ls, claim->e[i]);
+        lease_entry *e = claim->e[i];
+        int64_t actual = amount_in(e, price, credits);
+        budget_settle(&e->b, amount_in(e, claim->worst, claim->worst_credits),
+                      actual < 0 ? 0 : actual, now);
+        activate(ls, e);
     }
     claim->n = 0;
 }
@@ -406,7 +425,7 @@ int64_t leases_remaining(const lease_claim *claim)
     int64_t best = -1;
     for (size_t i = 0; i < claim->n; i++) {
         const budget_share *b = &claim->e[i]->b;
-        if (!b->exists)
+        if (!b->exists || claim->e[i]->credit)
             continue;
         int64_t left = b->max - b->spent - b->leased + budget_available(b);
         if (left < 0)

@@ -9,7 +9,11 @@
  * by wait_ms; if the database cannot be reached for a budget that has no
  * lease, the call is refused (fail closed: a budget is never exceeded).
  * When the call ends, leases_settle() replaces the reservation by the
- * actual price; the spend is reported at the next renewal. */
+ * actual price; the spend is reported at the next renewal.
+ *
+ * A fourth, scope "credit", is a team's credit balance (consumption
+ * modes, migration 0006): it counts billionths of a credit, not nano-USD,
+ * so calls give their worst case and actual amount in both units. */
 #ifndef TG_DAEMON_LEASES_H
 #define TG_DAEMON_LEASES_H
 
@@ -20,7 +24,7 @@
 #include "billing/budget.h"
 #include "daemon/store.h"
 
-#define LEASES_MAX_REFS 3
+#define LEASES_MAX_REFS 4
 
 typedef struct leases leases;
 typedef struct lease_entry lease_entry;
@@ -28,7 +32,7 @@ typedef struct lease_wait lease_wait;
 
 /* A budget's owner. */
 typedef struct budget_ref {
-    const char *scope; /* "key", "team", "org" */
+    const char *scope; /* "key", "team", "org", "credit" (the team's credits) */
     const char *id;    /* UUID */
 } budget_ref;
 
@@ -36,13 +40,13 @@ typedef struct budget_ref {
 typedef struct lease_claim {
     lease_entry *e[LEASES_MAX_REFS];
     size_t n;
-    int64_t worst;
+    int64_t worst, worst_credits;
 } lease_claim;
 
 /* Why a call was refused: the first budget that could not cover it. */
 typedef struct lease_refusal {
     int status; /* 402 budget exhausted, 503 budgets unavailable */
-    char scope[8];
+    char scope[8]; /* "credit": out of credits; max is the balance then */
     char id[37];
     int64_t max, spent;  /* its totals (nano-USD) */
     int64_t reset_at_us; /* 0 = never */
@@ -57,20 +61,23 @@ typedef struct leases_stats {
 leases *leases_new(uv_loop_t *loop, store *st, const char *instance, uint32_t ttl_ms,
                    uint32_t wait_ms);
 
-/* Admits a call of worst-case price worst against refs. 0: admitted,
+/* Admits a call of worst-case price worst (nano-USD; worst_credits in
+ * the credit budget) against refs. 0: admitted,
  * claim filled. 1: waiting; cb(ud, rc, refusal) runs later from the loop
  * with rc 0 (admitted, claim filled) or -EDQUOT (refused, see refusal);
  * *w may be cancelled. -EDQUOT: refused now (refusal filled). */
-int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, lease_claim *claim,
-                 void (*cb)(void *ud, int rc, const lease_refusal *r), void *ud, lease_wait **w,
-                 lease_refusal *refusal);
+int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, int64_t worst_credits,
+                 lease_claim *claim, void (*cb)(void *ud, int rc, const lease_refusal *r), void *ud,
+                 lease_wait **w, lease_refusal *refusal);
 void leases_cancel(lease_wait *w);
 
-/* The call ended with this actual price (nano-USD, >= 0). */
-void leases_settle(leases *ls, lease_claim *claim, int64_t price);
+/* The call ended with this actual price (nano-USD, >= 0) and charge in
+ * credits (billionths, >= 0). */
+void leases_settle(leases *ls, lease_claim *claim, int64_t price, int64_t credits);
 
 /* The smallest remaining amount (max - spent - leases of others, as last
- * seen) over the claimed budgets, for a response header; -1 if none. */
+ * seen) over the claimed budgets (not credits), for a response header;
+ * -1 if none. */
 int64_t leases_remaining(const lease_claim *claim);
 
 /* Shutdown: report spend and return every lease; done(ud) when answered

@@ -13,7 +13,9 @@
  * connection goes back to WAIT for a delay drawn uniformly from
  * [backoff_min, min(backoff_max, backoff_min * 2^(n+1))], n = consecutive
  * failed attempts: full jitter, so that connections that all broke at
- * once do not reconnect in lockstep. One uv_timer per connection serves
+ * once do not reconnect in lockstep; once one of them gets through, the
+ * others (the listener above all) try again at once. One uv_timer per
+ * connection serves
  * the deadline of whatever state it is in: the backoff delay, the connect
  * timeout (DNS included: libpq's connect_timeout only works in its
  * blocking calls), or the client-side query deadline.
@@ -645,6 +647,19 @@ static void conn__send_listen(pg_conn *c)
     conn__flush(c);
 }
 
+/* One connection got through: the database is back, so the others end
+ * their backoff now rather than at their own (jittered, up to
+ * backoff_max_ms) time; above all the listener, whose reconnect resyncs
+ * the caches the lost notifications left stale. */
+static void pool__wake_waiting(pg_pool *p)
+{
+    for (uint32_t i = 0; i < p->opt.size; i++)
+        if (p->conns[i].state == CONN_WAIT)
+            uv_timer_start(&p->conns[i].timer, conn__on_timer, 0, 0);
+    if (p->listener && p->listener->state == CONN_WAIT)
+        uv_timer_start(&p->listener->timer, conn__on_timer, 0, 0);
+}
+
 static void conn__connected(pg_conn *c)
 {
     pg_pool *p = c->pool;
@@ -664,6 +679,7 @@ static void conn__connected(pg_conn *c)
     p->st.connects++;
     p->last_error[0] = '\0';
     pool__log_connected(p, c);
+    pool__wake_waiting(p);
     if (c->listener)
         conn__send_listen(c);
     else

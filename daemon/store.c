@@ -34,10 +34,11 @@
  * version (updated_at in microseconds). */
 #define VERSION_COL "(extract(epoch from updated_at) * 1000000)::bigint"
 static const char *const kind_select[TN_NKINDS] = {
-    [TN_TEAM] = "SELECT t.id, t.org_id, t.name, t.status, t.budget_mode, t.tokens_per_credit, "
-                "(extract(epoch from t.updated_at) * 1000000)::bigint, t.max_budget_nano, "
-                "o.max_budget_nano, t.rpm, t.tpm FROM teams t JOIN organizations o ON o.id = "
-                "t.org_id",
+    [TN_TEAM] =
+        "SELECT t.id, t.org_id, t.name, t.status, t.budget_mode, t.tokens_per_credit, "
+        "(extract(epoch from t.updated_at) * 1000000)::bigint, t.max_budget_nano, "
+        "o.max_budget_nano, t.rpm, t.tpm, t.credit_limit_nano "
+        "FROM teams t JOIN organizations o ON o.id = t.org_id",
     [TN_KEY] = "SELECT id, encode(key_hash, 'hex'), key_prefix, alias, team_id, "
                "array_to_json(models)::text, array_to_json(access_groups)::text, rpm, tpm, "
                "max_budget_nano, budget_duration, "
@@ -126,14 +127,19 @@ static const pg_stmt ledger_insert = {
     "excluded.latency_us_sum), "
     /* teams in a consumption mode pay from their credits: the batch's
      * newly inserted calls, per team (BYOK calls are never charged) */
+    "chgs AS (SELECT i.team_id, count(*) AS calls, CASE WHEN t.budget_mode = "
+    "'consumption_usd' THEN coalesce(sum(i.price_nano), 0)::bigint ELSE ceil(sum("
+    "i.prompt_tokens + i.completion_tokens)::numeric * 1000000000 / "
+    "t.tokens_per_credit)::bigint END AS amount FROM ins i JOIN teams t ON t.id = i.team_id "
+    "WHERE t.budget_mode IN ('consumption_usd', 'consumption_tokens') AND i.credential NOT "
+    "LIKE '%byok' GROUP BY i.team_id, t.budget_mode, t.tokens_per_credit), "
     "chg AS (INSERT INTO credit_transactions (team_id, amount_nano, kind, actor, note) "
-    "SELECT c.team_id, -c.amount, 'usage', 'gateway', c.calls || ' calls' FROM (SELECT "
-    "i.team_id, count(*) AS calls, CASE WHEN t.budget_mode = 'consumption_usd' THEN "
-    "coalesce(sum(i.price_nano), 0)::bigint ELSE ceil(sum(i.prompt_tokens + "
-    "i.completion_tokens)::numeric * 1000000000 / t.tokens_per_credit)::bigint END AS amount "
-    "FROM ins i JOIN teams t ON t.id = i.team_id WHERE t.budget_mode IN ('consumption_usd', "
-    "'consumption_tokens') AND i.credential NOT LIKE '%byok' GROUP BY i.team_id, "
-    "t.budget_mode, t.tokens_per_credit) c WHERE c.amount <> 0) "
+    "SELECT team_id, -amount, 'usage', 'gateway', calls || ' calls' FROM chgs "
+    "WHERE amount <> 0 ORDER BY team_id), "
+    /* ... and what the instances reported of it to their credit leases
+     * is now in the balance (migration 0006) */
+    "rep AS (UPDATE budgets b SET spent_nano = b.spent_nano - c.amount FROM chgs c "
+    "WHERE b.scope = 'credit' AND b.scope_id = c.team_id AND c.amount <> 0) "
     "SELECT count(*) FROM ins",
     1,
 };
@@ -283,6 +289,7 @@ static tn_entry *parse_team(const PGresult *r, int i)
     t->org_max_budget_nano = val_i64(r, i, 8, -1);
     t->rpm = (uint32_t)val_i64(r, i, 9, 0);
     t->tpm = (uint64_t)val_i64(r, i, 10, 0);
+    t->credit_limit_nano = val_i64(r, i, 11, -1);
     return e;
 }
 

@@ -3,12 +3,14 @@
 # tollgate (Release, mock provider, access log off) with
 #   off:  a config key, no database (the ledger still spools to disk)
 #   db:   a database key, the ledger shipping to PostgreSQL
-#   full: a database key with a team budget, a key budget and rpm/tpm
-#         limits (leases and rate slices on), the ledger shipping
+#   full: a database key with a team budget, a key budget, rpm/tpm
+#         limits and prepaid credits (leases and rate slices on), the
+#         ledger shipping
 # and the database statements per 1,000 requests (pg_stat_statements).
 #
 # Run as root on Debian bookworm:   bash test/bench/billing.sh
 #   BILLING_DURATION  wrk time per row (10s)     BILLING_CONNS  connections (16)
+#   BILLING_PIN=1  tollgate alone on CPU 0 (PostgreSQL and wrk on CPU 1)
 #   BENCH_SKIP_SETUP=1  no apt-get
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -77,10 +79,21 @@ db=$(start db "$db_extra")
 admin() { curl -sf -H "Authorization: Bearer $master" -d "$2" "http://127.0.0.1:$db/admin/$1"; }
 jid() { python3 -c 'import sys,json;print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 org=$(admin organizations '{"name":"bench"}' | jid id)
-plain_team=$(admin teams "{\"org_id\":\"$org\",\"name\":\"plain\"}" | jid id)
+plain_team=$(admin teams "{\"org_id\":\"$org\",\"name\":\"plain\",\"credit_limit\":null}" | jid id)
 plain_key=$(admin keys "{\"team_id\":\"$plain_team\",\"alias\":\"plain\"}" | jid key)
 full_team=$(admin teams "{\"org_id\":\"$org\",\"name\":\"full\",\"max_budget\":\"100000\",\"budget_duration\":\"1d\",\"rpm\":100000000,\"tpm\":100000000000}" | jid id)
+admin "teams/$full_team/credits" '{"kind":"topup","amount":"1000000"}' >/dev/null
 full_key=$(admin keys "{\"team_id\":\"$full_team\",\"alias\":\"full\",\"max_budget\":\"100000\",\"rpm\":100000000}" | jid key)
+
+# BILLING_PIN=1: tollgate on CPU 0, PostgreSQL and wrk on CPU 1, so the
+# rows compare what tollgate itself spends (not PostgreSQL's inserts on
+# the gateway's core)
+wrk=(wrk)
+if [ "${BILLING_PIN:-0}" = 1 ]; then
+    for p in "${pids[@]}"; do taskset -a -p 1 "$p" >/dev/null; done
+    for p in $(pgrep -u postgres postgres); do taskset -p 2 "$p" >/dev/null; done
+    wrk=(taskset -c 1 wrk)
+fi
 
 body='{"model":"mock-1","max_tokens":16,"messages":[{"role":"user","content":"Hello"}]}'
 cat >"$run/post.lua" <<EOF
@@ -100,10 +113,10 @@ for row in off db full; do
     port=$db; key=$plain_key
     [ $row = off ] && { port=$off; key=$cfgkey; }
     [ $row = full ] && key=$full_key
-    KEY=$key wrk -t1 -c"$conns" -d2s -s "$run/post.lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null
+    KEY=$key "${wrk[@]}" -t1 -c"$conns" -d2s -s "$run/post.lua" "http://127.0.0.1:$port/v1/chat/completions" >/dev/null
     sleep 1
     before=$(stmts)
-    KEY=$key wrk -t1 -c"$conns" -d"$duration" --latency -s "$run/post.lua" \
+    KEY=$key "${wrk[@]}" -t1 -c"$conns" -d"$duration" --latency -s "$run/post.lua" \
         "http://127.0.0.1:$port/v1/chat/completions" >"$run/wrk-$row.txt"
     sleep 1
     after=$(stmts)

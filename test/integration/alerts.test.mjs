@@ -55,7 +55,7 @@ describe('budget soft threshold alerts', () => {
   it('passing 50% of a team budget posts one signed alert, once, from either instance', T, async () => {
     const org = await admin.create('organizations', { name: 'alerts' });
     // each call's worst case is about 40,000 nano: a 0.001 USD budget is ~25 calls
-    const team = await admin.create('teams', { org_id: org.id, name: 'a', max_budget: '0.001', budget_duration: '1h' });
+    const team = await admin.create('teams', { org_id: org.id, name: 'a', max_budget: '0.001', budget_duration: '1h', credit_limit: null });
     const key = (await admin.create('keys', { team_id: team.id, alias: 'k' })).key;
     const statuses = [];
     for (let i = 0; i < 20; i++) statuses.push(await call(i % 2 ? b : a, key));

@@ -187,7 +187,7 @@ describe('budgets with leases', () => {
     const [a, b, c] = await Promise.all(names.map((instance) => start({ instance })));
     const admin = adminClient(a);
     const org = await admin.create('organizations', { name: 'org-inv' });
-    const team = await admin.create('teams', { org_id: org.id, name: 'team-inv', max_budget: '0.00202', budget_duration: '1h' });
+    const team = await admin.create('teams', { org_id: org.id, name: 'team-inv', max_budget: '0.00202', budget_duration: '1h', credit_limit: null });
     const key = await admin.create('keys', { team_id: team.id, alias: 'key-inv' });
     const row0 = budgetRow(pg, 'team', team.id);
     assert.equal(row0.max, 2020000);

@@ -109,9 +109,10 @@ export function adminClient(gw, key = MASTER_KEY) {
 }
 
 /** An org, a team in it and a key of that team: {org, team, key, secret}. */
-export async function makeTenant(admin, name, keyFields = {}) {
+export async function makeTenant(admin, name, keyFields = {}, teamFields = {}) {
   const org = await admin.create('organizations', { name: `org-${name}` });
-  const team = await admin.create('teams', { org_id: org.id, name: `team-${name}` });
+  // credits not enforced unless asked (new teams are prepaid: credit_limit 0)
+  const team = await admin.create('teams', { org_id: org.id, name: `team-${name}`, credit_limit: null, ...teamFields });
   const key = await admin.create('keys', { team_id: team.id, alias: `key-${name}`, ...keyFields });
   return { org, team, key, secret: key.key };
 }

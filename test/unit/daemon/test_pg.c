@@ -799,6 +799,62 @@ static void test_server_restart(void **state)
     env_close(&e);
 }
 
+static bool pred_any_up(env *e, void *arg)
+{
+    (void)arg;
+    pg_stats st = stats_of(e->pool);
+    return st.up > 0 || st.listening;
+}
+
+static bool pred_three_listening(env *e, void *arg)
+{
+    listen_rec *l = arg;
+    pg_stats st = stats_of(e->pool);
+    return st.up == 3 && st.listening && l->resyncs >= 1;
+}
+
+static bool pred_all_up(env *e, void *arg)
+{
+    listen_rec *l = arg;
+    pg_stats st = stats_of(e->pool);
+    return st.up == 3 && st.listening && l->resyncs >= 2;
+}
+
+/* After an outage long enough for the backoffs to grow (up to 6.4 s each,
+ * jittered), the first connection that gets through wakes the others: all
+ * three and the listener (whose reconnect resyncs) are up soon after it,
+ * not each at its own backoff. */
+static void test_recovery_wakes_all(void **state)
+{
+    pg_options o = opts_default();
+    o.size = 3;
+    o.backoff_min_ms = 100;
+    o.backoff_max_ms = 30000;
+    env e;
+    listen_rec l;
+    memset(&l, 0, sizeof(l));
+    env_init(&e, &o);
+    assert_int_equal(pg_listen(e.pool, "tg_wake", on_notify, &l), 0);
+    assert_true(env_run_until(&e, pred_three_listening, &l, 10000));
+
+    assert_int_equal(pgtmp("pause"), 0);
+    env_sleep(&e, 4000); /* 5 or more failed attempts each */
+    pg_stats st = stats_of(e.pool);
+    assert_int_equal(st.up, 0);
+    assert_false(st.listening);
+    assert_int_equal(st.disconnects, 4);
+    assert_int_equal(pgtmp("resume"), 0);
+
+    assert_true(env_run_until(&e, pred_any_up, NULL, 15000));
+    uv_update_time(&e.loop);
+    uint64_t t0 = uv_now(&e.loop);
+    assert_true(env_run_until(&e, pred_all_up, &l, 15000));
+    uv_update_time(&e.loop);
+    assert_true(uv_now(&e.loop) - t0 < 1000);
+    assert_int_equal(l.resyncs, 2);
+    env_close(&e);
+}
+
 /* ---- connecting ---- */
 
 static void test_dns_localhost(void **state)
@@ -1093,6 +1149,7 @@ int main(void)
         cmocka_unit_test(test_close_from_callback),
         cmocka_unit_test(test_close_while_connecting),
         cmocka_unit_test(test_server_restart),
+        cmocka_unit_test(test_recovery_wakes_all),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
