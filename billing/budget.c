@@ -64,6 +64,8 @@ bool budget_should_renew(const budget_share *b, uint64_t now_ns, uint64_t ttl_ns
         return true;
     if (!b->exists)
         return false; /* the caller rechecks on its own schedule */
+    if (b->resize)
+        return true; /* the first slice was one call; the budget is known now */
     if (b->settled > 0 && now_ns - b->renewed_ns > ttl_ns / 8)
         return true; /* report spend regularly */
     if (b->lease > 0 && b->expires_ns && b->expires_ns < now_ns + ttl_ns / 2)
@@ -86,6 +88,11 @@ int64_t budget_want(const budget_share *b, uint64_t now_ns, uint64_t idle_ns)
     double floor = (double)b->last_worst * SLICE_MIN_CALLS;
     if (slice < floor)
         slice = floor;
+    /* the first ask, the budget's size unknown: one call more (a small
+     * budget is not taken whole by the first instance that meets it; the
+     * next renewal sizes the slice) */
+    if (!b->known && slice > (double)b->last_worst)
+        slice = (double)b->last_worst;
     /* never ask for more than a quarter of what is left of the budget
      * (other instances want their share), but always for one call */
     if (b->known && b->exists) {
@@ -103,6 +110,7 @@ int64_t budget_want(const budget_share *b, uint64_t now_ns, uint64_t idle_ns)
 void budget_renew_sent(budget_share *b, int64_t want)
 {
     b->renewing = true;
+    b->resize = false;
     b->reporting = b->settled;
     b->settled = 0;
     /* The answer sets the lease to at most `want` (what is reserved now +
@@ -123,6 +131,7 @@ void budget_renewed(budget_share *b, bool exists, const char *lease_id, int64_t 
 {
     b->renewing = false;
     b->uncertain = false;
+    b->resize = !b->known && exists && granted > 0;
     b->known = true;
     b->exists = exists;
     b->reporting = 0;

@@ -36,6 +36,7 @@ typedef struct budget_share {
     int64_t settled;   /* actual prices of calls ended, not yet reported */
     int64_t reporting; /* settled amount carried by the renewal in flight */
     bool renewing;     /* a renewal is in flight */
+    bool resize;       /* the first answer came (a small first ask): size the slice now */
     bool uncertain;    /* the last renewal failed: the database may hold a lease whose
                           answer was lost; the drain asks again */
     /* sizing */

@@ -1680,6 +1680,28 @@ static void ld__wipe_node(yaml_node_t *n)
 }
 
 /* keys[i].key or keys[i].key_sha256 into k->sha256. */
+/* The UUID of a config key's budget: SHA-256 of a prefix and the
+ * alias's digest, shaped as a version 8 (custom) UUID. */
+void config_key_budget_id(const char *alias, char out[37])
+{
+    static const char prefix[] = "tollgate config key budget\n";
+    uint8_t in[sizeof(prefix) - 1 + CRYPTO_SHA256_LEN], d[CRYPTO_SHA256_LEN];
+    memcpy(in, prefix, sizeof(prefix) - 1);
+    crypto_sha256(alias, strlen(alias), in + sizeof(prefix) - 1);
+    crypto_sha256(in, sizeof(in), d);
+    d[6] = (uint8_t)((d[6] & 0x0f) | 0x80); /* version 8 */
+    d[8] = (uint8_t)((d[8] & 0x3f) | 0x80); /* variant 10 */
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (size_t i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[d[i] >> 4];
+        out[o++] = hex[d[i] & 15];
+    }
+    out[o] = '\0';
+}
+
 static int ld__key_digest(struct ld *ld, config_key *k, yaml_node_t *plain, yaml_node_t *hex)
 {
     const char *s;
@@ -1771,6 +1793,7 @@ static int ld__key(struct ld *ld, const config *cfg, config_key *k, const yaml_n
         goto out;
     }
     k->budget_duration = t.duration;
+    config_key_budget_id(k->alias, k->budget_id);
     rc = ld__key_models(ld, cfg, k, m.extra_val[2]);
 out:
     ld__wipe_node(plain); /* even when the item failed before reading it */

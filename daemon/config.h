@@ -133,9 +133,14 @@ typedef struct config_key {
     const config_pattern *models;      /* allowed model aliases; NULL = every model */
     size_t nmodels;                    /* entries in models (0 with models == NULL) */
     uint32_t rpm;                      /* requests per minute; 0 = unlimited */
-    int64_t max_budget_nano;           /* max_budget: this instance's budget; -1 = none */
+    int64_t max_budget_nano;           /* max_budget; -1 = none */
     const char *budget_duration;       /* budget_duration ("1d", "1mo"); NULL = never resets */
+    char budget_id[37]; /* with a database: the UUID of its budget (scope 'config'), derived
+                           from the alias, so every instance names the same budget */
 } config_key;
+
+/* The UUID (36 characters) of the budget of the config key named alias. */
+void config_key_budget_id(const char *alias, char out[37]);
 
 struct config__arena;
 

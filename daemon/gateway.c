@@ -1831,7 +1831,7 @@ static void call_refuse_budget(call *c, const lease_refusal *r)
     http_req *req = c->req;
     const chat_format *fin = c->fin;
     char msg[400], max[MONEY_FMT_MAX], spent[MONEY_FMT_MAX], reset[64] = "";
-    const char *who = strcmp(r->scope, "key") == 0 ? "key"
+    const char *who = strcmp(r->scope, "key") == 0 || strcmp(r->scope, "config") == 0 ? "key"
                       : strcmp(r->scope, "team") == 0 || strcmp(r->scope, "credit") == 0
                           ? "team"
                           : "organization";
@@ -1856,7 +1856,8 @@ static void call_refuse_budget(call *c, const lease_refusal *r)
         snprintf(msg, sizeof msg,
                  "Budget exhausted for this %s (%s): $%s of $%s spent this period, not enough "
                  "left for this call%s.",
-                 who, r->id, spent, max, reset[0] ? reset : " (it does not reset)");
+                 who, strcmp(r->scope, "config") == 0 ? c->key->alias : r->id, spent, max,
+                 reset[0] ? reset : " (it does not reset)");
     } else {
         snprintf(msg, sizeof msg,
                  "The budget of this %s cannot be checked right now (database unreachable); no "
@@ -2007,13 +2008,16 @@ static int call_admit_budgets(call *c)
     gateway *gw = c->gw;
     const tn_key *k = c->who.key;
     const tn_team *t = c->who.team;
-    if (c->who.ckey && c->who.ckey->max_budget_nano >= 0)
-        return call_admit_local(c, c->who.ckey);
-    if (!gw->leases || !k)
+    const config_key *ck = c->who.ckey;
+    if (ck && ck->max_budget_nano >= 0 && !gw->leases)
+        return call_admit_local(c, ck); /* DB-less: this instance's own count */
+    if (!gw->leases || (!k && !(ck && ck->max_budget_nano >= 0)))
         return 0;
     budget_ref refs[LEASES_MAX_REFS];
     size_t n = 0;
-    if (k->max_budget_nano >= 0)
+    if (ck) /* shared by the instances on the database (scope "config") */
+        refs[n++] = (budget_ref){"config", ck->budget_id, ck->max_budget_nano, ck->budget_duration};
+    else if (k->max_budget_nano >= 0)
         refs[n++] = (budget_ref){"key", k->e.id.s};
     if (t && t->max_budget_nano >= 0)
         refs[n++] = (budget_ref){"team", t->e.id.s};
@@ -2677,8 +2681,13 @@ static void budget_alert(void *ud, const char *scope, const char *id, int64_t ma
         gmtime_r(&t, &tm);
         strftime(reset, sizeof reset, "\"%Y-%m-%dT%H:%M:%SZ\"", &tm);
     }
-    log_warn(NULL, "budget %s %s passed %u%%: %s of %s USD spent (resets %s)", scope, id, pct, sp,
-             m, reset);
+    /* a config key's budget is named by its alias (its id is derived) */
+    const config_key *ck = NULL;
+    for (size_t i = 0; strcmp(scope, "config") == 0 && i < gw->cfg->nkeys && !ck; i++)
+        if (strcmp(gw->cfg->keys[i].budget_id, id) == 0)
+            ck = &gw->cfg->keys[i];
+    log_warn(NULL, "budget %s %s%s%s passed %u%%: %s of %s USD spent (resets %s)", scope, id,
+             ck ? " of key " : "", ck ? ck->alias : "", pct, sp, m, reset);
     buf b;
     buf_init(&b, 4096);
     int rc = buf_printf(&b,
@@ -2688,6 +2697,10 @@ static void budget_alert(void *ud, const char *scope, const char *id, int64_t ma
                         scope, id, pct, m, sp, reset);
     if (!rc)
         rc = buf_append_json_escaped(&b, gw->instance, strlen(gw->instance));
+    if (!rc && ck)
+        rc = buf_append_str(&b, "\",\"key_alias\":\"");
+    if (!rc && ck)
+        rc = buf_append_json_escaped(&b, ck->alias, strlen(ck->alias));
     if (!rc)
         rc = buf_append_str(&b, "\"}");
     if (!rc)

@@ -23,6 +23,9 @@ struct lease_entry {
     char id[37];
     budget_share b;
     bool credit;       /* scope "credit": counts credits, not nano-USD */
+    bool config;       /* scope "config": renewed with its maximum and duration */
+    int64_t cfg_max;
+    char cfg_duration[16];
     bool active;       /* on the active list */
     lease_entry *next; /* hash chain */
     lease_entry *next_active;
@@ -72,6 +75,15 @@ static const pg_stmt lease_stmt = {
     8,
 };
 
+static const pg_stmt lease_config_stmt = {
+    "tg_lease_config",
+    "SELECT lease_id::text, granted, max_nano, spent_nano, leased_nano, "
+    "coalesce((extract(epoch from reset_at) * 1000000)::bigint, 0), soft_crossed "
+    "FROM tollgate_lease_config($1::uuid, $2::bigint, $3, $4, $5::uuid, $6::bigint, "
+    "$7::bigint, $8::integer, $9::integer)",
+    9,
+};
+
 static void retry_waits(leases *ls);
 static void drain_entry(leases *ls, lease_entry *e);
 
@@ -99,6 +111,7 @@ static lease_entry *entry_get(leases *ls, const char *scope, const char *id)
     snprintf(e->scope, sizeof(e->scope), "%s", scope);
     snprintf(e->id, sizeof(e->id), "%s", id);
     e->credit = strcmp(scope, "credit") == 0;
+    e->config = strcmp(scope, "config") == 0;
     e->next = ls->slot[s];
     ls->slot[s] = e;
     ls->st.budgets++;
@@ -191,7 +204,17 @@ static void renew(leases *ls, lease_entry *e, int64_t want)
     }
     rr->ls = ls;
     rr->e = e;
-    if (!pg_send(store_pool(ls->store), &lease_stmt, NULL, 8, params, renew_done, rr)) {
+    char max[24];
+    snprintf(max, sizeof(max), "%" PRId64, e->cfg_max);
+    const char *cparams[9] = {e->id,   max,     e->cfg_duration[0] ? e->cfg_duration : NULL,
+                              params[2], params[3], spent,
+                              wantbuf, ttl,     soft};
+    bool sent = e->config
+                    ? pg_send(store_pool(ls->store), &lease_config_stmt, NULL, 9, cparams,
+                              renew_done, rr) != NULL
+                    : pg_send(store_pool(ls->store), &lease_stmt, NULL, 8, params, renew_done,
+                              rr) != NULL;
+    if (!sent) {
         free(rr);
         budget_renew_failed(&e->b);
         return;
@@ -274,6 +297,11 @@ int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, in
         if (!es[i]) {
             refusal_of(&(lease_entry){.scope = "?"}, 503, refusal);
             return -EDQUOT;
+        }
+        if (es[i]->config) { /* what the config says now (a reload may change it) */
+            es[i]->cfg_max = refs[i].max;
+            snprintf(es[i]->cfg_duration, sizeof(es[i]->cfg_duration), "%s",
+                     refs[i].duration ? refs[i].duration : "");
         }
         activate(ls, es[i]);
         int64_t need = amount_in(es[i], worst, wc);

@@ -13,7 +13,9 @@
  *
  * A fourth, scope "credit", is a team's credit balance (consumption
  * modes, migration 0006): it counts billionths of a credit, not nano-USD,
- * so calls give their worst case and actual amount in both units. */
+ * so calls give their worst case and actual amount in both units. Scope
+ * "config" is the budget of a key of the config file, shared by the
+ * instances on one database (migration 0006). */
 #ifndef TG_DAEMON_LEASES_H
 #define TG_DAEMON_LEASES_H
 
@@ -32,8 +34,12 @@ typedef struct lease_wait lease_wait;
 
 /* A budget's owner. */
 typedef struct budget_ref {
-    const char *scope; /* "key", "team", "org", "credit" (the team's credits) */
+    const char *scope; /* "key", "team", "org", "credit" (the team's credits), "config" */
     const char *id;    /* UUID */
+    /* scope "config" (a key of the config file): the budget the config
+     * gives it, made or updated in the database at each renewal */
+    int64_t max;
+    const char *duration; /* NULL: never resets */
 } budget_ref;
 
 /* What an admitted call holds until it settles. */

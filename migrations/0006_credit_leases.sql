@@ -31,12 +31,17 @@
 --
 -- A team in job_based mode with a limit starts a job only while its
 -- balance covers one credit (jobs are created by a statement anyway).
+--
+-- A key of the config file with a budget (max_budget, budget_duration) is
+-- enforced across the instances that share a database the same way: a
+-- budget of scope 'config', its id derived from the key's alias by the
+-- gateway, created or updated from the config by tollgate_lease_config().
 
 ALTER TABLE teams ADD COLUMN credit_limit_nano bigint CHECK (credit_limit_nano >= 0);
 ALTER TABLE teams ALTER COLUMN credit_limit_nano SET DEFAULT 0;
 
 ALTER TABLE budgets DROP CONSTRAINT budgets_scope_check,
-    ADD CONSTRAINT budgets_scope_check CHECK (scope IN ('key', 'team', 'org', 'credit')),
+    ADD CONSTRAINT budgets_scope_check CHECK (scope IN ('key', 'team', 'org', 'credit', 'config')),
     ADD COLUMN assumed_at timestamptz;
 
 CREATE FUNCTION tollgate_credit_sync() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -201,5 +206,33 @@ BEGIN
     RETURN QUERY SELECT mine.lease_id, g, b.max_nano,
                         CASE WHEN credit THEN greatest(b.spent_nano, 0) ELSE b.spent_nano END,
                         others + g, b.period_start, b.reset_at, soft;
+END;
+$$;
+
+-- A config key's budget: the row is made (or its maximum and duration set)
+-- from what the instance's config says, then leased like any budget.
+CREATE FUNCTION tollgate_lease_config(p_scope_id uuid, p_max bigint, p_duration text,
+                                      p_instance text, p_lease_id uuid, p_spent bigint,
+                                      p_want bigint, p_ttl_ms integer, p_soft_pct integer DEFAULT 0)
+RETURNS TABLE (lease_id uuid, granted bigint, max_nano bigint, spent_nano bigint,
+               leased_nano bigint, period_start timestamptz, reset_at timestamptz,
+               soft_crossed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    start timestamptz := CASE WHEN p_duration LIKE '%mo'
+                              THEN date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                              ELSE now() END;
+BEGIN
+    INSERT INTO budgets AS b (scope, scope_id, max_nano, duration, period_start, reset_at)
+    VALUES ('config', p_scope_id, p_max, p_duration, start, tollgate_period_end(start, p_duration))
+    ON CONFLICT (scope, scope_id) DO UPDATE
+        SET max_nano = excluded.max_nano,
+            duration = excluded.duration,
+            reset_at = CASE WHEN b.duration IS NOT DISTINCT FROM excluded.duration THEN b.reset_at
+                            ELSE tollgate_period_end(b.period_start, excluded.duration) END,
+            updated_at = now()
+        WHERE b.max_nano <> excluded.max_nano OR b.duration IS DISTINCT FROM excluded.duration;
+    RETURN QUERY SELECT * FROM tollgate_lease('config', p_scope_id, p_instance, p_lease_id,
+                                              p_spent, p_want, p_ttl_ms, p_soft_pct);
 END;
 $$;

@@ -9,7 +9,8 @@
 //      requests (pg_stat_statements);
 //   2. the 402's shape: OpenAI (insufficient_quota / budget_exceeded,
 //      naming the team and its reset time) and Anthropic (billing_error);
-//   3. key and organization budgets enforce too, each on its own;
+//   3. key and organization budgets enforce too, each on its own; a config
+//      key's budget is one budget for every instance on the database;
 //   4. a period of 3 s: exhausted, refused, and the first call after the
 //      reset is admitted again; period_start moved on;
 //   5. an instance SIGKILLed while holding a lease: after the lease TTL the
@@ -29,7 +30,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { performance } from 'node:perf_hooks';
-import { startGateway, newRequestId, sleep } from './lib/gateway.mjs';
+import { startGateway, newRequestId, sleep, KEY } from './lib/gateway.mjs';
 import { startMigratedPg, dbConfig, waitReady, adminClient, makeTenant } from './lib/tenancy.mjs';
 
 const T = { timeout: 40000 };
@@ -356,6 +357,46 @@ describe('budgets with leases', () => {
     assert.ok(lo.sum <= 200000 && lo.sum > 200000 - 2 * lo.max, `org: ${lo.sum} of 200000 in ${ro.ok} calls`);
     // the team of that org has no budget of its own: no row
     assert.equal(one(pg, "SELECT count(*) FROM budgets WHERE scope = 'team' AND scope_id = :'p1'::uuid", [o.team.id]), '0');
+  });
+
+  /* ------------------------------------------- 3b. a config key's budget */
+
+  it('a config key\'s budget is shared by the instances on the database, and survives their restart', T, async () => {
+    // KEY (alias "test") with 0.0002 USD a day (~5 calls) in both configs
+    const patch = (cfg) => {
+      cfg.keys[0].max_budget = '0.0002';
+      cfg.keys[0].budget_duration = '1d';
+    };
+    const x = await start({ instance: 'cfg-x', patch });
+    const y = await start({ instance: 'cfg-y', patch });
+    let ok = 0;
+    let last;
+    for (let i = 0; i < 40; i++) {
+      last = await call(i % 2 ? x : y, KEY);
+      if (last.status !== 200) break;
+      ok++;
+    }
+    assert.equal(last.status, 402, last.text);
+    assert.equal(last.body.error.code, 'budget_exceeded');
+    assert.match(last.body.error.message, /Budget exhausted for this key \(test\)/);
+    assert.ok(ok >= 4 && ok <= 5, `${ok} calls admitted by two instances on a budget for 5: ${last.text} ${one(pg, "SELECT * FROM budgets WHERE scope = 'config'")} ${one(pg, "SELECT string_agg(instance || ' ' || amount_nano, ',') FROM budget_leases")}`);
+    // one budget row, named by the alias's derived id
+    const row = one(pg, "SELECT count(*), max(max_nano), max(duration) FROM budgets WHERE scope = 'config'");
+    assert.equal(row, '1|200000|1d');
+    const spentX = one(pg, "SELECT coalesce(sum(price_nano), 0) FROM calls WHERE key_alias = 'test' AND key_id IS NULL AND status = 200 AND instance IN ('cfg-x', 'cfg-y')");
+    assert.ok(Number(spentX) <= 200000, `settled ${spentX}`);
+    // a restarted instance does not start counting again
+    await stopClean(x, 'cfg-x');
+    const x2 = await start({ instance: 'cfg-x', patch });
+    assert.equal((await call(x2, KEY)).status, 402);
+    // a config change (reload or restart) sets the budget's maximum (while
+    // instances disagree, each renewal sets its own: y goes first)
+    await stopClean(x2, 'cfg-x again');
+    await stopClean(y, 'cfg-y');
+    const x3 = await start({ instance: 'cfg-x', patch: (cfg) => { patch(cfg); cfg.keys[0].max_budget = '1.00'; } });
+    assert.equal((await call(x3, KEY)).status, 200);
+    assert.equal(one(pg, "SELECT max_nano FROM budgets WHERE scope = 'config'"), '1000000000');
+    await stopClean(x3, 'cfg-x 3');
   });
 
   /* ---------------------------------------------------- 4. period reset */

@@ -19,12 +19,14 @@
 #define IDLE (10 * S)
 #define T0 (1000 * S) /* an arbitrary start of the monotonic clock */
 
-/* A share that asked once (want) and was granted `lease` of a budget
- * of `max` with `spent` spent, at time now. */
+/* A share granted `lease` of a budget of `max` with `spent` spent, at
+ * time now, by a renewal after the first (the slice sized). */
 static budget_share granted(int64_t lease, int64_t max, int64_t spent, uint64_t now)
 {
     budget_share b;
     memset(&b, 0, sizeof b);
+    b.known = true;
+    b.exists = true;
     budget_renew_sent(&b, lease);
     budget_renewed(&b, true, "11111111-2222-3333-4444-555555555555", lease, max, spent,
                    spent + lease, 0, now, TTL);
@@ -270,6 +272,7 @@ static void test_should_renew_low_water(void **state)
      * looked at again once a second, not every 50 ms */
     budget_share e;
     memset(&e, 0, sizeof e);
+    e.known = e.exists = true;
     budget_renew_sent(&e, 1000);
     budget_renewed(&e, true, "11111111-2222-3333-4444-555555555555", 300, 10000, 9700, 300, 0,
                    T0, TTL);
@@ -357,6 +360,21 @@ static void test_want_slice(void **state)
     e.last_worst = 700;
     e.used_ns = T0;
     assert_int_equal(budget_want(&e, T0 + MS, IDLE), 700);
+    /* the first ask (the budget's size unknown): one worst case, not four
+     * (the caller adds the call it is asking for) */
+    budget_share f;
+    memset(&f, 0, sizeof f);
+    f.last_worst = 900;
+    assert_int_equal(budget_want(&f, T0, IDLE), 900);
+    /* ... and once it is answered, a renewal sizes the slice at once */
+    budget_renew_sent(&f, 1800);
+    assert_false(budget_should_renew(&f, T0, 10 * S));
+    budget_renewed(&f, true, "l", 1800, 1000000, 0, 1800, 0, T0 + MS, 10 * S);
+    assert_true(budget_should_renew(&f, T0 + MS, 10 * S));
+    assert_int_equal(budget_want(&f, T0 + MS, IDLE), 4 * 900);
+    budget_renew_sent(&f, 4 * 900);
+    budget_renewed(&f, true, "l", 4 * 900, 1000000, 0, 3600, 0, T0 + 2 * MS, 10 * S);
+    assert_false(budget_should_renew(&f, T0 + 2 * MS, 10 * S));
 }
 
 static void test_rate_grows_with_spend(void **state)
