@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "daemon/base/log.h"
+#include "daemon/base/qlist.h"
 
 #define DNS_NAME_MAX 253
 
@@ -62,34 +63,7 @@ struct dns_cache {
     dns_stats st;           /* counters */
 };
 
-static void q_push(dns_qlist *l, dns_query *q)
-{
-    q->list = l;
-    q->next = NULL;
-    q->prev = l->tail;
-    if (l->tail)
-        l->tail->next = q;
-    else
-        l->head = q;
-    l->tail = q;
-    l->n++;
-}
-
-static void q_unlink(dns_query *q)
-{
-    dns_qlist *l = q->list;
-    if (q->prev)
-        q->prev->next = q->next;
-    else
-        l->head = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
-    else
-        l->tail = q->prev;
-    l->n--;
-    q->list = NULL;
-    q->prev = q->next = NULL;
-}
+QLIST_FUNCS(q, dns_qlist, dns_query)
 
 static void e_unlink(dns_entry *e)
 {

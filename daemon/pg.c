@@ -61,6 +61,7 @@
 #include <string.h>
 
 #include "daemon/base/log.h"
+#include "daemon/base/qlist.h"
 #include "daemon/dns.h"
 
 #define PG_DEF_APPNAME "tollgate"
@@ -206,34 +207,7 @@ static void pool__on_idle(uv_idle_t *h);
 
 /* ---- small helpers ---- */
 
-static void q_push(pg_qlist *l, pg_query *q)
-{
-    q->list = l;
-    q->next = NULL;
-    q->prev = l->tail;
-    if (l->tail)
-        l->tail->next = q;
-    else
-        l->head = q;
-    l->tail = q;
-    l->n++;
-}
-
-static void q_unlink(pg_query *q)
-{
-    pg_qlist *l = q->list;
-    if (q->prev)
-        q->prev->next = q->next;
-    else
-        l->head = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
-    else
-        l->tail = q->prev;
-    l->n--;
-    q->list = NULL;
-    q->prev = q->next = NULL;
-}
+QLIST_FUNCS(q, pg_qlist, pg_query)
 
 /* Ends out at o. next is the first byte left out: when it continues a
  * UTF-8 sequence, the part of that sequence already copied goes too. */

@@ -31,7 +31,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { startGateway, newRequestId, sleep, KEY } from './lib/gateway.mjs';
-import { startMigratedPg, dbConfig, waitReady, adminClient, makeTenant } from './lib/tenancy.mjs';
+import { startMigratedPg, dbConfig, waitReady, adminClient, makeTenant, untilRefused } from './lib/tenancy.mjs';
 
 const T = { timeout: 40000 };
 
@@ -101,15 +101,7 @@ function call(gw, key, { agent, path = '/v1/chat/completions', timeoutMs = 10000
 }
 
 /** Calls until a non-200 (at most `limit`); {ok, last}. */
-async function exhaust(gw, key, limit = 200) {
-  let ok = 0;
-  for (let i = 0; i < limit; i++) {
-    const r = await call(gw, key);
-    if (r.status !== 200) return { ok, last: r };
-    ok++;
-  }
-  throw new Error(`still admitted after ${limit} calls`);
-}
+const exhaust = (gw, key, limit = 200) => untilRefused(() => call(gw, key), limit);
 
 const one = (pg, sql, params) => pg.query(sql, params).trim();
 const num = (pg, sql, params) => Number(one(pg, sql, params) || 0);

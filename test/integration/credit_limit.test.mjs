@@ -21,7 +21,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { startGateway, newRequestId, sleep } from './lib/gateway.mjs';
-import { startMigratedPg, dbConfig, waitReady, adminClient, parseJson } from './lib/tenancy.mjs';
+import { startMigratedPg, dbConfig, waitReady, adminClient, parseJson, untilRefused } from './lib/tenancy.mjs';
 
 const T = { timeout: 60000 };
 
@@ -51,16 +51,8 @@ async function call(gw, key, { anthropic = false } = {}) {
   return { status: r.status, text, body: parseJson(text) };
 }
 
-/** Calls one after another until a non-200 (at most limit): {ok, last}. */
-async function exhaust(gw, key, limit = 100) {
-  let ok = 0;
-  for (let i = 0; i < limit; i++) {
-    const r = await call(gw, key);
-    if (r.status !== 200) return { ok, last: r };
-    ok++;
-  }
-  throw new Error(`still admitted after ${limit} calls`);
-}
+/** Calls until a non-200 (at most `limit`); {ok, last}. */
+const exhaust = (gw, key, limit = 100) => untilRefused(() => call(gw, key), limit);
 
 describe('credits run out: calls are refused', () => {
   let pg;

@@ -153,3 +153,17 @@ export async function api(gw, method, p, { key = KEY, body, headers = {}, timeou
   const text = await r.text();
   return { status: r.status, body: parseJson(text), text, headers: r.headers };
 }
+
+/**
+ * Runs `once()` (an async call returning {status, ...}) until a non-200, at
+ * most `limit` times: {ok, last}. Throws when every call was admitted.
+ */
+export async function untilRefused(once, limit = 200) {
+  let ok = 0;
+  for (let i = 0; i < limit; i++) {
+    const r = await once();
+    if (r.status !== 200) return { ok, last: r };
+    ok++;
+  }
+  throw new Error(`still admitted after ${limit} calls`);
+}
