@@ -13,7 +13,7 @@
 #include <string.h>
 
 #define TN_MIN_SLOTS 64
-#define TN_LOOKUP_MAX 256 /* bytes of a composed lookup key */
+#define TN_LOOKUP_MAX 336 /* bytes of a composed lookup key (provider 64 + model 256) */
 
 typedef struct tn_index {
     tn_entry **slot; /* chains */
@@ -32,11 +32,13 @@ static const char *const tn_tables[TN_NKINDS] = {
     [TN_TEAM] = "teams",          [TN_KEY] = "virtual_keys",
     [TN_ALIAS] = "model_aliases", [TN_CRED] = "provider_credentials",
     [TN_BYOK] = "byok_keys",      [TN_ADMIN] = "admin_keys",
+    [TN_PRICE] = "price_overrides",
 };
 
 static const size_t tn_sizes[TN_NKINDS] = {
     [TN_TEAM] = sizeof(tn_team),   [TN_KEY] = sizeof(tn_key),     [TN_ALIAS] = sizeof(tn_alias),
     [TN_CRED] = sizeof(tn_secret), [TN_BYOK] = sizeof(tn_secret), [TN_ADMIN] = sizeof(tn_admin),
+    [TN_PRICE] = sizeof(tn_price),
 };
 
 const char *tn_kind_table(tn_kind k)
@@ -116,12 +118,12 @@ static uint64_t tn_hash(const void *p, size_t n)
 
 /* The lookup key of an entry for its second index, into out; its length,
  * or 0 when the kind has no second index (or the key does not fit). */
-static size_t tn_compose(char *out, bool tag, const char *scope, const char *provider)
+static size_t tn_compose(char *out, char tag, const char *scope, const char *provider)
 {
     size_t a = strlen(scope), b = strlen(provider);
     if (2 + a + b > TN_LOOKUP_MAX)
         return 0;
-    out[0] = tag ? 'k' : 't';
+    out[0] = tag;
     memcpy(out + 1, scope, a);
     out[1 + a] = '\0';
     memcpy(out + 2 + a, provider, b);
@@ -144,7 +146,13 @@ static size_t tn_lookup_key(const tn_entry *e, char *out, const void **p)
     case TN_BYOK: {
         const tn_secret *s = (const tn_secret *)e;
         *p = out;
-        return tn_compose(out, e->kind == TN_BYOK && s->scope_is_key, s->scope_id.s, s->provider);
+        return tn_compose(out, e->kind == TN_BYOK && s->scope_is_key ? 'k' : 't', s->scope_id.s,
+                          s->provider);
+    }
+    case TN_PRICE: {
+        const price_entry *pe = &((const tn_price *)e)->price;
+        *p = out;
+        return tn_compose(out, 'p', pe->provider, pe->model);
     }
     default:
         return 0;
@@ -382,7 +390,7 @@ const tn_alias *tenants_alias(tenants *c, const char *name, size_t len)
 const tn_secret *tenants_cred(tenants *c, const char *org_id, const char *provider)
 {
     char buf[TN_LOOKUP_MAX];
-    size_t n = tn_compose(buf, false, org_id, provider);
+    size_t n = tn_compose(buf, 't', org_id, provider);
     return n ? (const tn_secret *)tn_find_key(c, TN_CRED, buf, n) : NULL;
 }
 
@@ -390,8 +398,15 @@ const tn_secret *tenants_byok(tenants *c, bool scope_is_key, const char *scope_i
                               const char *provider)
 {
     char buf[TN_LOOKUP_MAX];
-    size_t n = tn_compose(buf, scope_is_key, scope_id, provider);
+    size_t n = tn_compose(buf, scope_is_key ? 'k' : 't', scope_id, provider);
     return n ? (const tn_secret *)tn_find_key(c, TN_BYOK, buf, n) : NULL;
+}
+
+const tn_price *tenants_price(tenants *c, const char *provider, const char *model)
+{
+    char buf[TN_LOOKUP_MAX];
+    size_t n = tn_compose(buf, 'p', provider, model);
+    return n ? (const tn_price *)tn_find_key(c, TN_PRICE, buf, n) : NULL;
 }
 
 const tn_entry *tenants_get(tenants *c, tn_kind kind, const char *id)

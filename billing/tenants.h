@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "billing/prices.h"
 #include "crypto/crypto.h"
 
 #define TENANTS_MUSTCHECK __attribute__((warn_unused_result))
@@ -45,6 +46,7 @@ typedef enum tn_kind {
     TN_CRED,     /* provider_credentials (active ones only) */
     TN_BYOK,     /* byok_keys */
     TN_ADMIN,    /* admin_keys */
+    TN_PRICE,    /* price_overrides */
     TN_NKINDS
 } tn_kind;
 
@@ -118,6 +120,7 @@ typedef struct tn_alias {
     int64_t price_input_nano;  /* customer price per 1M tokens; -1 = provider cost */
     int64_t price_output_nano;
     int64_t price_cached_nano;
+    int32_t markup_bps; /* customer price = cost + this many basis points; -1 = none */
 } tn_alias;
 
 /* An active provider credential (scope: org) or a BYOK key (scope: a team
@@ -140,6 +143,13 @@ typedef struct tn_admin {
     tn_role role;
     bool blocked;
 } tn_admin;
+
+/* A price of the catalog set through the admin API (price_overrides):
+ * wins over the shipped catalog's entry for the same provider and model. */
+typedef struct tn_price {
+    tn_entry e;
+    price_entry price; /* provider and model point into the entry */
+} tn_price;
 
 typedef struct tenants tenants;
 
@@ -188,6 +198,8 @@ const tn_secret *tenants_cred(tenants *c, const char *org_id, const char *provid
 /* The BYOK secret of a key (scope_is_key) or a team for provider. */
 const tn_secret *tenants_byok(tenants *c, bool scope_is_key, const char *scope_id,
                               const char *provider);
+/* The admin API's price for provider's model, or NULL. */
+const tn_price *tenants_price(tenants *c, const char *provider, const char *model);
 /* Any entry by kind and id. */
 const tn_entry *tenants_get(tenants *c, tn_kind kind, const char *id);
 

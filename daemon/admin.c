@@ -165,9 +165,23 @@ static const afield alias_fields[] = {
     {"price_input", "price_input_nano", FT_USD, AF_NULL, 0, 0, NULL},
     {"price_output", "price_output_nano", FT_USD, AF_NULL, 0, 0, NULL},
     {"price_cached_input", "price_cached_nano", FT_USD, AF_NULL, 0, 0, NULL},
+    {"markup_bps", NULL, FT_INT, AF_NULL, 0, 1000000, NULL},
 };
 static const afield alias_filters[] = {
     {"access_group", NULL, FT_GROUP, 0, 0, 0, NULL},
+};
+
+static const afield price_fields[] = {
+    {"provider", NULL, FT_TEXT, AF_REQUIRED | AF_FIXED, 1, 64, NULL},
+    {"model", NULL, FT_TEXT, AF_REQUIRED | AF_FIXED, 1, 256, NULL},
+    {"input", "input_nano", FT_USD, AF_REQUIRED, 0, 0, NULL},
+    {"output", "output_nano", FT_USD, AF_REQUIRED, 0, 0, NULL},
+    {"cached_input", "cached_input_nano", FT_USD, AF_NULL, 0, 0, NULL},
+    {"cache_write", "cache_write_nano", FT_USD, AF_NULL, 0, 0, NULL},
+};
+static const afield price_filters[] = {
+    {"provider", NULL, FT_TEXT, 0, 1, 64, NULL},
+    {"model", NULL, FT_TEXT, 0, 1, 256, NULL},
 };
 
 static const afield group_fields[] = {
@@ -238,9 +252,15 @@ static const resource resources[] = {
     {"model-aliases", "model_aliases", "model alias",
      "id, name, routes, access_group, tollgate_usd(price_input_nano) AS price_input, "
      "tollgate_usd(price_output_nano) AS price_output, "
-     "tollgate_usd(price_cached_nano) AS price_cached_input, " TS,
+     "tollgate_usd(price_cached_nano) AS price_cached_input, markup_bps, " TS,
      alias_fields, N(alias_fields), alias_filters, N(alias_filters), NULL, 0, "name", "id",
      TN_ALIAS, 0, NULL},
+    {"prices", "price_overrides", "price",
+     "id, provider, model, tollgate_usd(input_nano) AS input, tollgate_usd(output_nano) AS output, "
+     "tollgate_usd(cached_input_nano) AS cached_input, tollgate_usd(cache_write_nano) AS "
+     "cache_write, created_by, updated_by, " TS,
+     price_fields, N(price_fields), price_filters, N(price_filters), NULL, 0, "provider, model",
+     "id", TN_PRICE, R_ACTORS, NULL},
     {"access-groups", "access_groups", "access group", "name, description, " TS, group_fields,
      N(group_fields), NULL, 0, NULL, 0, "name", "name", -1, R_NAME_ID, NULL},
     {"credentials", "provider_credentials", "credential",
@@ -275,6 +295,13 @@ static const struct {
     {"access_groups_pkey", "name", "an access group with this name already exists", NULL},
     {"model_aliases_name_key", "name", "a model alias with this name already exists", NULL},
     {"model_aliases_access_group_fkey", "access_group", "no such access group", NULL},
+    {"model_aliases_markup_or_price", "markup_bps",
+     "give either a price or a markup over the provider's cost, not both", NULL},
+    {"price_overrides_provider_model_key", "model",
+     "a price for this provider and model already exists (update it)", NULL},
+    {"price_overrides_provider_check", "provider",
+     "a provider is named in lowercase letters, digits, '-' and '_' (the catalog's name, such as "
+     "openai, or a config provider's name)", NULL},
     {"virtual_keys_team_id_alias_key", "alias", "a key with this alias already exists in the team",
      NULL},
     {"virtual_keys_team_id_fkey", "team_id", "no such team", NULL},

@@ -231,6 +231,7 @@ struct ld__model {
     const char *provider; /* provider name */
     const char *model;    /* provider model name, NULL = name */
     const char *price[4]; /* price.input/output/cached_input/cache_write, decimal USD per 1M */
+    const char *markup;   /* "20%": the customer price is the cost plus this */
 };
 #define MDL(f) offsetof(struct ld__model, f)
 static const struct cfg__setting cfg__model[] = {
@@ -241,6 +242,7 @@ static const struct cfg__setting cfg__model[] = {
     {"price.output", CFG_STR, MDL(price[1]), NULL, 0, 32, 0},
     {"price.cached_input", CFG_STR, MDL(price[2]), NULL, 0, 32, 0},
     {"price.cache_write", CFG_STR, MDL(price[3]), NULL, 0, 32, 0},
+    {"markup", CFG_STR, MDL(markup), NULL, 0, 16, 0},
 };
 static const char *const cfg__price_keys[4] = {"price.input", "price.output", "price.cached_input",
                                                "price.cache_write"};
@@ -1583,6 +1585,14 @@ static int ld__models(struct ld *ld, config *cfg, const yaml_node_t *seq,
             }
             mv[i].price.given = true;
         }
+        if (t.markup && mv[i].price.given)
+            return ld__fail_setting(ld, &m, "markup",
+                                    "give either a price or a markup over the provider's cost, "
+                                    "not both");
+        if (t.markup && config_markup_parse(t.markup, &mv[i].price.markup_bps) != 0)
+            return ld__fail_setting(ld, &m, "markup",
+                                    "not a markup: \"%s\" (a percentage with at most 2 decimals, "
+                                    "e.g. \"20%%\" or \"7.5%%\")", t.markup);
         pi = ld__names_find(pnames, t.provider);
         if (pi < 0)
             return ld__fail_setting(ld, &m, "provider", "unknown provider \"%s\"", t.provider);
@@ -1680,6 +1690,32 @@ static void ld__wipe_node(yaml_node_t *n)
 }
 
 /* keys[i].key or keys[i].key_sha256 into k->sha256. */
+int config_markup_parse(const char *s, int32_t *bps)
+{
+    int64_t v = 0;
+    int decimals = -1;
+    const char *p = s;
+    for (; *p && *p != '%'; p++) {
+        if (*p == '.' && decimals < 0) {
+            decimals = 0;
+            continue;
+        }
+        if (*p < '0' || *p > '9' || decimals >= 2 || v > 100000000)
+            return -1;
+        v = v * 10 + (*p - '0');
+        if (decimals >= 0)
+            decimals++;
+    }
+    if (p == s || *p != '%' || p[1] || decimals == 0 || (p == s + 1 && decimals >= 0))
+        return -1;
+    for (int k = decimals < 0 ? 0 : decimals; k < 2; k++)
+        v *= 10;
+    if (v > 1000000)
+        return -1;
+    *bps = (int32_t)v;
+    return 0;
+}
+
 /* The UUID of a config key's budget: SHA-256 of a prefix and the
  * alias's digest, shaped as a version 8 (custom) UUID. */
 void config_key_budget_id(const char *alias, char out[37])

@@ -116,6 +116,7 @@ typedef struct config_model {
         int64_t output;       /* nano-USD per 1M completion tokens */
         int64_t cached_input; /* cache reads (default: input) */
         int64_t cache_write;  /* cache writes (default: input) */
+        int32_t markup_bps;   /* without a price: cost plus this (basis points); 0 = none */
     } price;
 } config_model;
 
@@ -138,6 +139,10 @@ typedef struct config_key {
     char budget_id[37]; /* with a database: the UUID of its budget (scope 'config'), derived
                            from the alias, so every instance names the same budget */
 } config_key;
+
+/* "20%", "7.5%", "0.25%" as basis points (2000, 750, 25); at most 2
+ * decimals and 10000%. 0 or -1. */
+int config_markup_parse(const char *s, int32_t *bps);
 
 /* The UUID (36 characters) of the budget of the config key named alias. */
 void config_key_budget_id(const char *alias, char out[37]);

@@ -305,6 +305,31 @@ static const char *catalog_provider(config_provider_type t)
     }
 }
 
+/* The provider's price for p's model: the admin API's (price_overrides)
+ * over the shipped catalog's; a provider without a catalog name
+ * (openai_compatible) is priced under its config name. NULL: unpriced.
+ * Borrowed until the tenancy cache changes: use it at once. */
+static const price_entry *price_of(const gateway *gw, const config_provider *p, const char *model)
+{
+    const char *cp = catalog_provider(p->type);
+    if (gw->store) {
+        const tn_price *tp = tenants_price(store_tenants(gw->store), cp ? cp : p->name, model);
+        if (tp)
+            return &tp->price;
+    }
+    return cp && gw->prices ? prices_find(gw->prices, cp, model) : NULL;
+}
+
+/* cost plus markup_bps basis points (rounded half up); cost < 0 stays. */
+static int64_t marked_up(int64_t cost, int32_t markup_bps)
+{
+    if (cost < 0 || markup_bps <= 0)
+        return cost;
+    __int128 v = (__int128)cost * (10000 + markup_bps) + 5000;
+    v /= 10000;
+    return v > INT64_MAX ? INT64_MAX : (int64_t)v;
+}
+
 /* What a call is billed on. */
 typedef struct call_usage {
     const char *source;  /* "provider", "estimated" or "none" (not billable) */
@@ -336,8 +361,7 @@ static void call_usage_of(const call *c, call_usage *u)
         u->source = "none";
         return;
     }
-    const char *cp = catalog_provider(c->prov->type);
-    const price_entry *pe = cp && c->gw->prices ? prices_find(c->gw->prices, cp, c->provider_model) : NULL;
+    const price_entry *pe = price_of(c->gw, c->prov, c->provider_model);
     if (pe)
         u->cost = price_cost(pe, u->prompt, u->cached, u->cache_write, u->completion);
     if (c->model->price.given) {
@@ -354,7 +378,8 @@ static void call_usage_of(const call *c, call_usage *u)
         if (u->cost < 0)
             u->cost = u->price; /* no catalog entry: the configured price is the cost */
     } else {
-        u->price = u->cost; /* customer price defaults to provider cost */
+        /* customer price: provider cost, plus the alias's markup */
+        u->price = marked_up(u->cost, c->model->price.markup_bps);
     }
     if (c->credential && strstr(c->credential, "byok"))
         u->price = 0; /* the caller's own provider key: recorded, never charged */
@@ -1193,6 +1218,7 @@ static bool resolve_model(gateway *gw, const config *cfg, const char *name, size
                 a->price_cached_nano >= 0 ? a->price_cached_nano : a->price_input_nano;
             out->model.price.cache_write = a->price_input_nano;
         }
+        out->model.price.markup_bps = a->markup_bps;
         out->access_group = a->access_group;
         pmodel->p = a->routes[i].model;
         pmodel->len = strlen(a->routes[i].model);
@@ -1763,10 +1789,7 @@ static int64_t call_worst_price(const call *c)
         in_rate = c->model->price.input;
         out_rate = c->model->price.output;
     } else {
-        const char *cp = catalog_provider(c->prov->type);
-        const price_entry *pe = cp && c->gw->prices
-                                    ? prices_find(c->gw->prices, cp, c->provider_model)
-                                    : NULL;
+        const price_entry *pe = price_of(c->gw, c->prov, c->provider_model);
         if (pe) {
             in_rate = pe->input_above_200k > pe->input ? pe->input_above_200k : pe->input;
             out_rate = pe->output_above_200k > pe->output ? pe->output_above_200k : pe->output;
@@ -1774,7 +1797,8 @@ static int64_t call_worst_price(const call *c)
     }
     if (in_rate < 0)
         return 0;
-    return money_cost((int64_t)c->prompt_est, in_rate) + money_cost(out, out_rate);
+    int64_t worst = money_cost((int64_t)c->prompt_est, in_rate) + money_cost(out, out_rate);
+    return c->model->price.given ? worst : marked_up(worst, c->model->price.markup_bps);
 }
 
 /* What a call of this price and these tokens takes from its team's

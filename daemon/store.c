@@ -45,13 +45,16 @@ static const char *const kind_select[TN_NKINDS] = {
                "(extract(epoch from expires_at) * 1000000)::bigint, blocked, " VERSION_COL
                " FROM virtual_keys",
     [TN_ALIAS] = "SELECT id, name, routes::text, access_group, price_input_nano, "
-                 "price_output_nano, price_cached_nano, " VERSION_COL " FROM model_aliases",
+                 "price_output_nano, price_cached_nano, " VERSION_COL
+                 ", markup_bps FROM model_aliases",
     [TN_CRED] = "SELECT id, org_id, provider, secret_enc, active, " VERSION_COL
                 " FROM provider_credentials",
     [TN_BYOK] =
         "SELECT id, team_id, key_id, provider, secret_enc, true, " VERSION_COL " FROM byok_keys",
     [TN_ADMIN] =
         "SELECT id, encode(key_hash, 'hex'), name, role, blocked, " VERSION_COL " FROM admin_keys",
+    [TN_PRICE] = "SELECT id, provider, model, input_nano, output_nano, cached_input_nano, "
+                 "cache_write_nano, " VERSION_COL " FROM price_overrides",
 };
 
 /* Per kind: a page of the full load and a single row. Filled at first use
@@ -71,6 +74,7 @@ static const char *const stmt_names[TN_NKINDS][2] = {
     [TN_CRED] = {"tg_page_creds", "tg_row_creds"},
     [TN_BYOK] = {"tg_page_byok", "tg_row_byok"},
     [TN_ADMIN] = {"tg_page_admins", "tg_row_admins"},
+    [TN_PRICE] = {"tg_page_prices", "tg_row_prices"},
 };
 
 static void store_sql_init(void)
@@ -382,6 +386,7 @@ static tn_entry *parse_alias(const PGresult *r, int i)
     a->price_output_nano = val_i64(r, i, 5, -1);
     a->price_cached_nano = val_i64(r, i, 6, -1);
     e->version = val_i64(r, i, 7, 0);
+    a->markup_bps = (int32_t)val_i64(r, i, 8, -1);
 out:
     json_decref(routes);
     return e;
@@ -470,6 +475,34 @@ static tn_entry *parse_admin(const PGresult *r, int i)
     return e;
 }
 
+/* A price_overrides row: a catalog entry (cache rates default to the
+ * input rate, as in the shipped catalog). */
+static tn_entry *parse_price(const PGresult *r, int i)
+{
+    const char *provider = val(r, i, 1), *model = val(r, i, 2);
+    if (!provider || !model)
+        return NULL;
+    size_t extra = strlen(provider) + strlen(model) + 2;
+    tn_entry *e = tn_new(TN_PRICE, extra);
+    if (!e)
+        return NULL;
+    price_entry *pe = &((tn_price *)e)->price;
+    bump b = {tn_extra(e), extra};
+    set_id(&e->id, val(r, i, 0));
+    pe->provider = bump_str(&b, provider);
+    pe->model = bump_str(&b, model);
+    pe->mode = "chat";
+    pe->input = val_i64(r, i, 3, 0);
+    pe->output = val_i64(r, i, 4, 0);
+    pe->cached_input = val_i64(r, i, 5, pe->input);
+    pe->cache_write = val_i64(r, i, 6, pe->input);
+    pe->cache_write_1h = pe->cache_write;
+    pe->input_above_200k = pe->input;
+    pe->output_above_200k = pe->output;
+    e->version = val_i64(r, i, 7, 0);
+    return e;
+}
+
 /* Row i of a result for kind into an entry. NULL with *skip: the row
  * means "not cached" (an inactive credential). */
 static tn_entry *parse_row(store *s, tn_kind kind, const PGresult *r, int i, bool *skip)
@@ -487,6 +520,8 @@ static tn_entry *parse_row(store *s, tn_kind kind, const PGresult *r, int i, boo
         return parse_secret(s, kind, r, i, skip);
     case TN_ADMIN:
         return parse_admin(r, i);
+    case TN_PRICE:
+        return parse_price(r, i);
     default:
         return NULL;
     }
@@ -584,9 +619,9 @@ static void load_finish(store *s)
         tenants_stats_get(s->cache, &ts);
         log_info(NULL,
                  "tenancy cache loaded: %zu teams, %zu keys, %zu aliases, %zu credentials, "
-                 "%zu BYOK keys, %zu admin keys",
+                 "%zu BYOK keys, %zu admin keys, %zu prices",
                  ts.entries[TN_TEAM], ts.entries[TN_KEY], ts.entries[TN_ALIAS], ts.entries[TN_CRED],
-                 ts.entries[TN_BYOK], ts.entries[TN_ADMIN]);
+                 ts.entries[TN_BYOK], ts.entries[TN_ADMIN], ts.entries[TN_PRICE]);
     }
     tenants_set_loaded(s->cache, true);
     if (s->recover) /* the database answers: the ledger may ship its spool now */

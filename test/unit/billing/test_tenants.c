@@ -191,6 +191,23 @@ static tn_entry *mk_admin(const char *id, unsigned seed, const char *name, int64
     return e;
 }
 
+static tn_entry *mk_price(const char *id, const char *provider, const char *model, int64_t in,
+                          int64_t ver)
+{
+    size_t extra = strlen(provider) + strlen(model) + 2;
+    tn_entry *e = tn_new(TN_PRICE, extra);
+    assert_non_null(e);
+    price_entry *pe = &((tn_price *)e)->price;
+    bump b = {tn_extra(e), extra};
+    set_id(&e->id, id);
+    pe->provider = bump_str(&b, provider);
+    pe->model = bump_str(&b, model);
+    pe->input = in;
+    pe->output = 2 * in;
+    e->version = ver;
+    return e;
+}
+
 static void put_ok(tenants *c, tn_entry *e, uint64_t gen)
 {
     assert_int_equal(tenants_put(c, e, gen), 0);
@@ -228,7 +245,7 @@ static void test_kind_tables(void **state)
 {
     (void)state;
     static const char *const want[TN_NKINDS] = {
-        "teams", "virtual_keys", "model_aliases", "provider_credentials", "byok_keys", "admin_keys",
+        "teams", "virtual_keys", "model_aliases", "provider_credentials", "byok_keys", "admin_keys", "price_overrides",
     };
     for (int k = 0; k < TN_NKINDS; k++) {
         assert_string_equal(tn_kind_table((tn_kind)k), want[k]);
@@ -292,7 +309,8 @@ static void test_put_get_every_kind(void **state)
     tn_entry *cred = mk_cred("cred-1", "org-1", "openai", "sk-org-secret", 103);
     tn_entry *byok = mk_secret(TN_BYOK, "byok-1", "team-1", false, "anthropic", "sk-ant", 104);
     tn_entry *admin = mk_admin("admin-1", 2, "root", 105);
-    tn_entry *all[TN_NKINDS] = {team, key, alias, cred, byok, admin};
+    tn_entry *price = mk_price("price-1", "openai", "gpt-4o", 2500000000, 106);
+    tn_entry *all[TN_NKINDS] = {team, key, alias, cred, byok, admin, price};
     for (int k = 0; k < TN_NKINDS; k++)
         put_ok(c, all[k], 7);
 
@@ -346,6 +364,13 @@ static void test_put_get_every_kind(void **state)
     assert_ptr_equal(ad, admin);
     assert_string_equal(ad->name, "root");
     assert_int_equal(ad->role, TN_ROLE_OWNER);
+
+    const tn_price *pr = tenants_price(c, "openai", "gpt-4o");
+    assert_ptr_equal(pr, price);
+    assert_int_equal(pr->price.input, 2500000000);
+    assert_null(tenants_price(c, "openai", "gpt-4o-mini"));
+    assert_null(tenants_price(c, "openaigpt-4o", ""));  /* the parts are kept apart */
+    assert_null(tenants_price(c, "anthropic", "gpt-4o"));
 
     tenants_stats st = stats(c);
     for (int i = 0; i < TN_NKINDS; i++)
@@ -625,10 +650,16 @@ static void test_replace_newer(void **state)
     put_ok(c, mk_team("t-1", "org-1", "after", 101), 1);
     assert_string_equal(tenants_team(c, "t-1")->name, "after");
 
+    /* a price moved to another model */
+    put_ok(c, mk_price("pr-1", "openai", "gpt-4o", 1, 100), 1);
+    put_ok(c, mk_price("pr-1", "openai", "gpt-4.1", 2, 101), 1);
+    assert_null(tenants_price(c, "openai", "gpt-4o"));
+    assert_int_equal(tenants_price(c, "openai", "gpt-4.1")->price.input, 2);
+
     tenants_stats st = stats(c);
     for (int k = 0; k < TN_NKINDS; k++)
         assert_int_equal(st.entries[k], 1);
-    assert_int_equal(st.puts, 12);
+    assert_int_equal(st.puts, 14);
     assert_int_equal(st.stale, 0);
     tenants_free(c);
 }

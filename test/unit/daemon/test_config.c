@@ -1168,6 +1168,44 @@ static void test_model_prices(void **state)
     expect_error(y, "price.input", "at most 9 decimals", NULL);
     snprintf(y, sizeof y, "%s  - {name: a, provider: p, price: {input: \"1\", output: \"1\", cahced_input: \"1\"}}\n", base);
     expect_error(y, "cahced_input", "unknown key", NULL);
+
+    /* a markup over the provider's cost instead of a price */
+    snprintf(y, sizeof y, "%s  - {name: m, provider: p, markup: \"20%%\"}\n", base);
+    cfg = load_ok(y);
+    const config_model *m = config_find_model(cfg, "m", 1, NULL);
+    assert_false(m->price.given);
+    assert_int_equal(m->price.markup_bps, 2000);
+    config_unref(cfg);
+    snprintf(y, sizeof y,
+             "%s  - {name: m, provider: p, markup: \"5%%\", price: {input: \"1\", output: \"1\"}}\n",
+             base);
+    expect_error(y, "markup", "either a price or a markup", NULL);
+    snprintf(y, sizeof y, "%s  - {name: m, provider: p, markup: \"20\"}\n", base);
+    expect_error(y, "markup", "not a markup", "\"20\"");
+}
+
+static void test_markup_parse(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        int32_t bps; /* -1: refused */
+    } cases[] = {
+        {"20%", 2000}, {"7.5%", 750},   {"0.25%", 25}, {"0%", 0},     {"10000%", 1000000},
+        {"100%", 10000}, {"10000.01%", -1}, {"20", -1}, {"%", -1},    {"1.234%", -1},
+        {"5.%", -1},    {"-5%", -1},     {"5%%", -1},  {"1e2%", -1}, {"", -1},
+        {"99999999999999999999%", -1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int32_t v = -7;
+        int rc = config_markup_parse(cases[i].in, &v);
+        if (cases[i].bps < 0) {
+            assert_int_equal(rc, -1);
+        } else {
+            assert_int_equal(rc, 0);
+            assert_int_equal(v, cases[i].bps);
+        }
+    }
 }
 
 static void test_refcount(void **state)
@@ -1344,6 +1382,7 @@ int main(void)
         cmocka_unit_test(test_default_config),
         cmocka_unit_test(test_restart_only_change),
         cmocka_unit_test(test_model_prices),
+        cmocka_unit_test(test_markup_parse),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_database_and_secrets),
     };
