@@ -196,6 +196,15 @@ static const struct cfg__setting cfg__top[] = {
     {"budgets.alert_webhook", CFG_STR, TOP(budgets.alert_url_text), NULL, 0, 2048, 0},
     {"budgets.alert_webhook_secret", CFG_STR, TOP(budgets.alert_secret_text), NULL, 0, 255,
      CFG_SECRET},
+    {"routing.retries.attempts", CFG_U32, TOP(routing.attempts), "2", 1, 10, 0},
+    {"routing.retries.backoff", CFG_MS, TOP(routing.backoff_ms), "200ms", 1, 60000, 0},
+    {"routing.retries.backoff_max", CFG_MS, TOP(routing.backoff_max_ms), "2s", 1, 600000, 0},
+    {"routing.retries.max_wait", CFG_MS, TOP(routing.max_wait_ms), "10s", 0, 3600000, 0},
+    {"routing.breaker.failures", CFG_U32, TOP(routing.failures), "5", 1, 1000000, 0},
+    {"routing.breaker.window", CFG_MS, TOP(routing.window_ms), "30s", 1000, 3600000, 0},
+    {"routing.breaker.min_requests", CFG_U32, TOP(routing.min_requests), "20", 1, 1000000, 0},
+    {"routing.breaker.error_rate", CFG_U32, TOP(routing.error_pct), "50", 1, 100, 0},
+    {"routing.breaker.cooldown", CFG_MS, TOP(routing.cooldown_ms), "10s", 1, 3600000, 0},
 };
 static const char *const cfg__top_extra[] = {"providers", "models", "keys"};
 
@@ -228,7 +237,8 @@ static const char *const cfg__provider_extra[] = {"headers"};
 /* A models[] entry as written; resolved into a config_model afterwards. */
 struct ld__model {
     const char *name;     /* alias */
-    const char *provider; /* provider name */
+    const char *provider; /* provider name (or routes) */
+    const char *strategy; /* priority, weighted, least-latency, lowest-cost */
     const char *model;    /* provider model name, NULL = name */
     const char *price[4]; /* price.input/output/cached_input/cache_write, decimal USD per 1M */
     const char *markup;   /* "20%": the customer price is the cost plus this */
@@ -236,8 +246,9 @@ struct ld__model {
 #define MDL(f) offsetof(struct ld__model, f)
 static const struct cfg__setting cfg__model[] = {
     {"name", CFG_MODEL, MDL(name), NULL, 0, 256, CFG_REQUIRED},
-    {"provider", CFG_NAME, MDL(provider), NULL, 0, 64, CFG_REQUIRED},
+    {"provider", CFG_NAME, MDL(provider), NULL, 0, 64, 0},
     {"model", CFG_STR, MDL(model), NULL, 0, 256, 0},
+    {"strategy", CFG_STR, MDL(strategy), NULL, 0, 32, 0},
     {"price.input", CFG_STR, MDL(price[0]), NULL, 0, 32, 0},
     {"price.output", CFG_STR, MDL(price[1]), NULL, 0, 32, 0},
     {"price.cached_input", CFG_STR, MDL(price[2]), NULL, 0, 32, 0},
@@ -246,6 +257,29 @@ static const struct cfg__setting cfg__model[] = {
 };
 static const char *const cfg__price_keys[4] = {"price.input", "price.output", "price.cached_input",
                                                "price.cache_write"};
+static const char *const cfg__model_extra[] = {"routes"};
+
+/* A routes[] entry as written. */
+struct ld__route {
+    const char *provider;
+    const char *model;
+    uint32_t weight, priority, max_concurrent, rpm, tpm, context;
+    const char *price[2]; /* price.input / price.output: this route's provider cost */
+};
+#define RTE(f) offsetof(struct ld__route, f)
+static const struct cfg__setting cfg__route[] = {
+    {"provider", CFG_NAME, RTE(provider), NULL, 0, 64, CFG_REQUIRED},
+    {"model", CFG_STR, RTE(model), NULL, 0, 256, CFG_REQUIRED},
+    {"weight", CFG_U32, RTE(weight), "1", 0, 1000000, 0},
+    {"priority", CFG_U32, RTE(priority), "0", 0, 1000000, 0},
+    {"context", CFG_U32, RTE(context), "0", 0, 100000000, 0},
+    {"max_concurrent", CFG_U32, RTE(max_concurrent), "0", 0, 1000000, 0},
+    {"rpm", CFG_U32, RTE(rpm), "0", 0, 1000000000, 0},
+    {"tpm", CFG_U32, RTE(tpm), "0", 0, 4000000000u, 0},
+    {"price.input", CFG_STR, RTE(price[0]), NULL, 0, 32, 0},
+    {"price.output", CFG_STR, RTE(price[1]), NULL, 0, 32, 0},
+};
+static const char *const cfg__route_extra[] = {"capabilities"};
 
 /* A keys[] entry's scalar settings; key, key_sha256 and models are
  * handled apart (the plaintext must never be stored). */
@@ -1529,6 +1563,111 @@ static int ld__index_models(struct ld *ld, config *cfg, const yaml_node_t *seq)
     return 0;
 }
 
+/* routes[i].capabilities: a list of tools, images, json. */
+static int ld__route_caps(struct ld *ld, config_route *r, const yaml_node_t *seq)
+{
+    static const char *const names[] = {"tools", "images", "json"};
+    size_t mark = ld__push(ld, "capabilities", 12);
+    int rc;
+
+    r->caps = 0;
+    if (ld__is_null(seq) || seq->type != YAML_SEQUENCE_NODE)
+        return ld__fail(ld, seq, "expected a list of tools, images, json");
+    for (size_t i = 0; i < ld__seq_len(seq); i++) {
+        yaml_node_t *item = ld__seq_item(ld, seq, i);
+        const char *v;
+        size_t len, k = 0;
+        if (!item)
+            return ld__fail(ld, seq, "malformed list");
+        if ((rc = ld__visit(ld, item)) != 0 || (rc = ld__scalar(ld, item, &v, &len)) != 0)
+            return rc;
+        while (k < CFG_ARRAY_LEN(names) && (strlen(names[k]) != len || memcmp(names[k], v, len)))
+            k++;
+        if (k == CFG_ARRAY_LEN(names))
+            return ld__fail(ld, item, "unknown capability (tools, images, json)");
+        r->caps |= 1u << k;
+    }
+    ld__pop(ld, mark);
+    return 0;
+}
+
+/* models[i].routes */
+static int ld__routes(struct ld *ld, config *cfg, config_model *mo, const yaml_node_t *seq,
+                      const struct ld__names *pnames)
+{
+    size_t mark = ld__push(ld, "routes", 6), n;
+    int rc;
+
+    if (ld__is_null(seq) || seq->type != YAML_SEQUENCE_NODE || (n = ld__seq_len(seq)) == 0)
+        return ld__fail(ld, seq, "expected a list of at least one route");
+    if (n > CONFIG_MAX_ROUTES)
+        return ld__fail(ld, seq, "at most %d routes", CONFIG_MAX_ROUTES);
+    config_route *rv = arena__calloc(ld->arena, n, sizeof(*rv));
+    if (!rv)
+        return ld__oom(ld);
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = ld__seq_item(ld, seq, i);
+        struct ld__route t = {0};
+        struct ld__map m = {
+            .table = cfg__route,
+            .n = CFG_ARRAY_LEN(cfg__route),
+            .base = &t,
+            .map = item,
+            .extra = cfg__route_extra,
+            .nextra = CFG_ARRAY_LEN(cfg__route_extra),
+        };
+        size_t imark = ld__push_index(ld, i);
+        if (!item)
+            return ld__fail(ld, seq, "malformed list");
+        if ((rc = ld__visit(ld, item)) != 0 || (rc = ld__read_map(ld, item, &m)) != 0)
+            return rc;
+        long pi = ld__names_find(pnames, t.provider);
+        if (pi < 0)
+            return ld__fail_setting(ld, &m, "provider", "unknown provider \"%s\"", t.provider);
+        rv[i].provider = &cfg->providers[pi];
+        rv[i].model = t.model;
+        rv[i].weight = t.weight;
+        rv[i].priority = t.priority;
+        rv[i].context = t.context;
+        rv[i].max_concurrent = t.max_concurrent;
+        rv[i].rpm = t.rpm;
+        rv[i].tpm = t.tpm;
+        rv[i].caps = CONFIG_CAP_ALL;
+        if (m.extra_val[0] && (rc = ld__route_caps(ld, &rv[i], m.extra_val[0])) != 0)
+            return rc;
+        if (t.price[0] || t.price[1]) {
+            int64_t *dst[2] = {&rv[i].cost.input, &rv[i].cost.output};
+            if (!t.price[0] || !t.price[1])
+                return ld__fail_setting(ld, &m, t.price[0] ? "price.output" : "price.input",
+                                        "a route's price needs both input and output (decimal "
+                                        "USD per 1M tokens)");
+            for (int k = 0; k < 2; k++)
+                if (money_parse(t.price[k], strlen(t.price[k]), dst[k]) != 0 || *dst[k] < 0)
+                    return ld__fail_setting(ld, &m, cfg__price_keys[k],
+                                            "not a price: \"%s\" (decimal USD per 1M tokens)",
+                                            t.price[k]);
+            rv[i].cost.given = true;
+        }
+        ld__pop(ld, imark);
+    }
+    mo->routes = rv;
+    mo->nroutes = n;
+    ld__pop(ld, mark);
+    return 0;
+}
+
+int config_strategy_parse(const char *s, config_strategy *out)
+{
+    static const char *const names[] = {"priority", "weighted", "least-latency", "lowest-cost"};
+    for (size_t i = 0; i < CFG_ARRAY_LEN(names); i++) {
+        if (strcmp(s, names[i]) == 0) {
+            *out = (config_strategy)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
 static int ld__models(struct ld *ld, config *cfg, const yaml_node_t *seq,
                       const struct ld__names *pnames)
 {
@@ -1551,6 +1690,8 @@ static int ld__models(struct ld *ld, config *cfg, const yaml_node_t *seq,
             .n = CFG_ARRAY_LEN(cfg__model),
             .base = &t,
             .map = item,
+            .extra = cfg__model_extra,
+            .nextra = CFG_ARRAY_LEN(cfg__model_extra),
         };
         size_t mark = ld__push_index(ld, i), nl;
         long pi;
@@ -1593,10 +1734,40 @@ static int ld__models(struct ld *ld, config *cfg, const yaml_node_t *seq,
             return ld__fail_setting(ld, &m, "markup",
                                     "not a markup: \"%s\" (a percentage with at most 2 decimals, "
                                     "e.g. \"20%%\" or \"7.5%%\")", t.markup);
-        pi = ld__names_find(pnames, t.provider);
-        if (pi < 0)
-            return ld__fail_setting(ld, &m, "provider", "unknown provider \"%s\"", t.provider);
-        mv[i].provider = &cfg->providers[pi];
+        if (t.strategy && config_strategy_parse(t.strategy, &mv[i].strategy) != 0)
+            return ld__fail_setting(ld, &m, "strategy",
+                                    "one of priority, weighted, least-latency, lowest-cost");
+        if (m.extra_val[0]) {
+            if (t.provider || t.model)
+                return ld__fail_setting(ld, &m, t.provider ? "provider" : "model",
+                                        "give either provider (and model) or routes, not both");
+            if (mv[i].wildcard)
+                return ld__fail(ld, m.extra_key[0],
+                                "a wildcard alias has one provider: routes are not allowed");
+            if ((rc = ld__routes(ld, cfg, &mv[i], m.extra_val[0], pnames)) != 0)
+                return rc;
+        } else {
+            if (!t.provider) {
+                ld__push(ld, "provider", 8);
+                return ld__fail(ld, item, "required key is missing (give provider or routes)");
+            }
+            pi = ld__names_find(pnames, t.provider);
+            if (pi < 0)
+                return ld__fail_setting(ld, &m, "provider", "unknown provider \"%s\"",
+                                        t.provider);
+            config_route *r = arena__calloc(ld->arena, 1, sizeof(*r));
+            if (!r)
+                return ld__oom(ld);
+            r->provider = &cfg->providers[pi];
+            r->model = mv[i].model;
+            r->weight = 1;
+            r->caps = CONFIG_CAP_ALL;
+            mv[i].routes = r;
+            mv[i].nroutes = 1;
+        }
+        mv[i].provider = mv[i].routes[0].provider;
+        if (!mv[i].wildcard)
+            mv[i].model = mv[i].routes[0].model;
         ld__pop(ld, mark);
     }
     cfg->models = mv;

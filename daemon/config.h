@@ -103,13 +103,57 @@ typedef struct config_provider {
     mock_options mock; /* mock behaviour; meaningful only for CONFIG_PROVIDER_MOCK */
 } config_provider;
 
+/* What a route can do (routes[].capabilities); a request needing one is
+ * not sent to a route that lacks it. */
+enum {
+    CONFIG_CAP_TOOLS = 1,  /* tools / function calling */
+    CONFIG_CAP_IMAGES = 2, /* image inputs */
+    CONFIG_CAP_JSON = 4,   /* response_format json */
+    CONFIG_CAP_ALL = 7,
+};
+
+/* Strategies of an alias with several routes (models[].strategy). */
+typedef enum config_strategy {
+    CONFIG_STRATEGY_PRIORITY = 0, /* ordered fallback */
+    CONFIG_STRATEGY_WEIGHTED,     /* smooth weighted round robin */
+    CONFIG_STRATEGY_LEAST_LATENCY,
+    CONFIG_STRATEGY_LOWEST_COST,
+} config_strategy;
+
+/* One route of an alias (models[].routes[], or the alias's own provider
+ * and model). */
+typedef struct config_route {
+    const config_provider *provider; /* where calls go */
+    const char *model;               /* provider's model name; NULL for a wildcard alias */
+    uint32_t weight;                 /* weighted: share of calls (default 1) */
+    uint32_t priority;               /* priority: lower is tried first (default 0) */
+    struct {
+        bool given;     /* price.* set: this route's provider cost (else the catalog's) */
+        int64_t input;  /* nano-USD per 1M prompt tokens */
+        int64_t output; /* nano-USD per 1M completion tokens */
+    } cost;
+    uint64_t context;        /* context window in tokens; 0 = unknown (assumed to fit) */
+    uint32_t caps;           /* CONFIG_CAP_*; all when not given */
+    uint32_t max_concurrent; /* attempts in flight on the route (per worker); 0 = no limit */
+    uint32_t rpm;            /* the provider account's limits (per worker); 0 = no limit */
+    uint64_t tpm;
+} config_route;
+
+#define CONFIG_MAX_ROUTES 16
+
+/* "priority", "weighted", "least-latency", "lowest-cost". 0 or -1. */
+int config_strategy_parse(const char *s, config_strategy *out);
+
 /* One model alias (models[]). */
 typedef struct config_model {
     const char *name; /* alias as written: "gpt-4o-mini", or a prefix and '*' */
     size_t len;       /* bytes of name that must match: all, or the prefix before '*' */
     bool wildcard;    /* name ends in '*': matches any longer name with that prefix */
-    const config_provider *provider; /* where calls go */
+    const config_provider *provider; /* where calls go: routes[0]'s provider */
     const char *model; /* provider's model name; NULL for a wildcard (the rest of the name) */
+    const config_route *routes; /* at least one; a wildcard alias has exactly one */
+    size_t nroutes;
+    config_strategy strategy;   /* how a call picks among the routes */
     struct {
         bool given;           /* price.* set: overrides the catalog */
         int64_t input;        /* nano-USD per 1M prompt tokens */
@@ -198,6 +242,17 @@ typedef struct config {
         char alert_secret[256];      /* budgets.alert_webhook_secret: HMAC key of the alerts */
         size_t alert_secret_len;     /* 0 = alerts are not signed */
     } budgets;
+    struct {
+        uint32_t attempts;       /* routing.retries.attempts: tries per route before the next */
+        uint32_t backoff_ms;     /* routing.retries.backoff: first retry's delay cap (doubles) */
+        uint32_t backoff_max_ms; /* routing.retries.backoff_max: a delay's cap */
+        uint32_t max_wait_ms;    /* routing.retries.max_wait: retries stop this long after start */
+        uint32_t failures;       /* routing.breaker.failures: consecutive failures that open */
+        uint32_t window_ms;      /* routing.breaker.window: the error rate's window */
+        uint32_t min_requests;   /* routing.breaker.min_requests: the rate counts from this many */
+        uint32_t error_pct;      /* routing.breaker.error_rate: percent of failures that opens */
+        uint32_t cooldown_ms;    /* routing.breaker.cooldown: open -> half-open */
+    } routing;
     bool has_payment_secret;                 /* billing.payment_webhook_secret given */
     char payment_secret[256];                /* its bytes (HMAC key of the payment webhook) */
     size_t payment_secret_len;

@@ -393,7 +393,7 @@ static void test_errors_top_level(void **state)
     (void)state;
     fake_env = NULL;
     expect_error("listen: 127.0.0.1:8080\nlistn: x\n", "t.yaml:2: listn: unknown key",
-                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, database, secrets, admin, ledger, instance_id, billing, budgets, providers", NULL);
+                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, database, secrets, admin, ledger, instance_id, billing, budgets, routing, providers", NULL);
     expect_error("log:\n  level: info\n  colour: true\n", "t.yaml:3: log.colour: unknown key",
                  "level, access", NULL);
     expect_error("timeouts.header: 5s\n", "t.yaml:1:", "unknown key", NULL);
@@ -1184,6 +1184,70 @@ static void test_model_prices(void **state)
     expect_error(y, "markup", "not a markup", "\"20\"");
 }
 
+static void test_model_routes(void **state)
+{
+    (void)state;
+    static const char base[] = "providers:\n  - {name: p, type: mock}\n  - {name: q, type: mock}\n"
+                               "models:\n";
+    char y[2048];
+    snprintf(y, sizeof y,
+             "%s  - name: chat\n    strategy: weighted\n    routes:\n"
+             "      - {provider: p, model: small, weight: 3, context: 8000, capabilities: [tools]}\n"
+             "      - {provider: q, model: big, priority: 1, max_concurrent: 10, rpm: 600, tpm: "
+             "100000, price: {input: \"1.00\", output: \"4.00\"}}\n"
+             "  - {name: one, provider: q}\n",
+             base);
+    config *cfg = load_ok(y);
+    const config_model *m = config_find_model(cfg, "chat", 4, NULL);
+    assert_non_null(m);
+    assert_int_equal(m->strategy, CONFIG_STRATEGY_WEIGHTED);
+    assert_int_equal(m->nroutes, 2);
+    assert_ptr_equal(m->provider, m->routes[0].provider); /* the first route's */
+    assert_string_equal(m->model, "small");
+    assert_string_equal(m->routes[0].provider->name, "p");
+    assert_int_equal(m->routes[0].weight, 3);
+    assert_int_equal(m->routes[0].context, 8000);
+    assert_int_equal(m->routes[0].caps, CONFIG_CAP_TOOLS);
+    assert_false(m->routes[0].cost.given);
+    assert_string_equal(m->routes[1].provider->name, "q");
+    assert_string_equal(m->routes[1].model, "big");
+    assert_int_equal(m->routes[1].weight, 1);
+    assert_int_equal(m->routes[1].priority, 1);
+    assert_int_equal(m->routes[1].max_concurrent, 10);
+    assert_int_equal(m->routes[1].rpm, 600);
+    assert_int_equal(m->routes[1].tpm, 100000);
+    assert_int_equal(m->routes[1].caps, CONFIG_CAP_ALL);
+    assert_true(m->routes[1].cost.given);
+    assert_int_equal(m->routes[1].cost.output, 4000000000);
+    const config_model *one = config_find_model(cfg, "one", 3, NULL);
+    assert_int_equal(one->strategy, CONFIG_STRATEGY_PRIORITY);
+    assert_int_equal(one->nroutes, 1);
+    assert_string_equal(one->routes[0].model, "one");
+    assert_int_equal(one->routes[0].caps, CONFIG_CAP_ALL);
+    config_unref(cfg);
+
+    snprintf(y, sizeof y, "%s  - {name: c, provider: p, routes: [{provider: q, model: m}]}\n", base);
+    expect_error(y, "provider", "either provider (and model) or routes", NULL);
+    snprintf(y, sizeof y, "%s  - {name: c}\n", base);
+    expect_error(y, "provider", "give provider or routes", NULL);
+    snprintf(y, sizeof y, "%s  - {name: c, routes: []}\n", base);
+    expect_error(y, "routes", "at least one route", NULL);
+    snprintf(y, sizeof y, "%s  - {name: c, routes: [{provider: z, model: m}]}\n", base);
+    expect_error(y, "routes[0].provider", "unknown provider", NULL);
+    snprintf(y, sizeof y, "%s  - {name: c, routes: [{provider: p}]}\n", base);
+    expect_error(y, "routes[0].model", "required key is missing", NULL);
+    snprintf(y, sizeof y, "%s  - {name: c, routes: [{provider: p, model: m, capabilities: [fly]}]}\n",
+             base);
+    expect_error(y, "capabilities", "unknown capability", NULL);
+    snprintf(y, sizeof y, "%s  - {name: c, strategy: fastest, provider: p}\n", base);
+    expect_error(y, "strategy", "least-latency", NULL);
+    snprintf(y, sizeof y, "%s  - {name: \"c/*\", routes: [{provider: p, model: m}]}\n", base);
+    expect_error(y, "routes", "wildcard", NULL);
+    snprintf(y, sizeof y, "%s  - {name: c, routes: [{provider: p, model: m, price: {input: \"1\"}}]}\n",
+             base);
+    expect_error(y, "price.output", "needs both", NULL);
+}
+
 static void test_markup_parse(void **state)
 {
     (void)state;
@@ -1383,6 +1447,7 @@ int main(void)
         cmocka_unit_test(test_restart_only_change),
         cmocka_unit_test(test_model_prices),
         cmocka_unit_test(test_markup_parse),
+        cmocka_unit_test(test_model_routes),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_database_and_secrets),
     };
