@@ -1563,10 +1563,13 @@ static int ld__index_models(struct ld *ld, config *cfg, const yaml_node_t *seq)
     return 0;
 }
 
+_Static_assert(RT_CAP_TOOLS == 1 && RT_CAP_IMAGES == 2 && RT_CAP_JSON == 4,
+               "ld__route_caps sets bit k for names[k]");
+
 /* routes[i].capabilities: a list of tools, images, json. */
 static int ld__route_caps(struct ld *ld, config_route *r, const yaml_node_t *seq)
 {
-    static const char *const names[] = {"tools", "images", "json"};
+    static const char *const names[] = {"tools", "images", "json"}; /* RT_CAP_* bits in order */
     size_t mark = ld__push(ld, "capabilities", 12);
     int rc;
 
@@ -1656,18 +1659,6 @@ static int ld__routes(struct ld *ld, config *cfg, config_model *mo, const yaml_n
     return 0;
 }
 
-int config_strategy_parse(const char *s, config_strategy *out)
-{
-    static const char *const names[] = {"priority", "weighted", "least-latency", "lowest-cost"};
-    for (size_t i = 0; i < CFG_ARRAY_LEN(names); i++) {
-        if (strcmp(s, names[i]) == 0) {
-            *out = (config_strategy)i;
-            return 0;
-        }
-    }
-    return -1;
-}
-
 static int ld__models(struct ld *ld, config *cfg, const yaml_node_t *seq,
                       const struct ld__names *pnames)
 {
@@ -1734,7 +1725,7 @@ static int ld__models(struct ld *ld, config *cfg, const yaml_node_t *seq,
             return ld__fail_setting(ld, &m, "markup",
                                     "not a markup: \"%s\" (a percentage with at most 2 decimals, "
                                     "e.g. \"20%%\" or \"7.5%%\")", t.markup);
-        if (t.strategy && config_strategy_parse(t.strategy, &mv[i].strategy) != 0)
+        if (t.strategy && rt_strategy_parse(t.strategy, &mv[i].strategy) != 0)
             return ld__fail_setting(ld, &m, "strategy",
                                     "one of priority, weighted, least-latency, lowest-cost");
         if (m.extra_val[0]) {

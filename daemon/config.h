@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "crypto/crypto.h"
+#include "providers/router.h"
 #include "crypto/fernet.h"
 #include "daemon/base/buf.h"
 #include "providers/mock.h"
@@ -103,22 +104,10 @@ typedef struct config_provider {
     mock_options mock; /* mock behaviour; meaningful only for CONFIG_PROVIDER_MOCK */
 } config_provider;
 
-/* What a route can do (routes[].capabilities); a request needing one is
- * not sent to a route that lacks it. */
-enum {
-    CONFIG_CAP_TOOLS = 1,  /* tools / function calling */
-    CONFIG_CAP_IMAGES = 2, /* image inputs */
-    CONFIG_CAP_JSON = 4,   /* response_format json */
-    CONFIG_CAP_ALL = 7,
-};
-
-/* Strategies of an alias with several routes (models[].strategy). */
-typedef enum config_strategy {
-    CONFIG_STRATEGY_PRIORITY = 0, /* ordered fallback */
-    CONFIG_STRATEGY_WEIGHTED,     /* smooth weighted round robin */
-    CONFIG_STRATEGY_LEAST_LATENCY,
-    CONFIG_STRATEGY_LOWEST_COST,
-} config_strategy;
+/* What a route can do (routes[].capabilities: RT_CAP_* of
+ * providers/router.h); a request needing one is not sent to a route that
+ * lacks it. */
+#define CONFIG_CAP_ALL (RT_CAP_TOOLS | RT_CAP_IMAGES | RT_CAP_JSON)
 
 /* One route of an alias (models[].routes[], or the alias's own provider
  * and model). */
@@ -133,16 +122,13 @@ typedef struct config_route {
         int64_t output; /* nano-USD per 1M completion tokens */
     } cost;
     uint64_t context;        /* context window in tokens; 0 = unknown (assumed to fit) */
-    uint32_t caps;           /* CONFIG_CAP_*; all when not given */
+    uint32_t caps;           /* RT_CAP_*; all when not given */
     uint32_t max_concurrent; /* attempts in flight on the route (per worker); 0 = no limit */
     uint32_t rpm;            /* the provider account's limits (per worker); 0 = no limit */
     uint64_t tpm;
 } config_route;
 
 #define CONFIG_MAX_ROUTES 16
-
-/* "priority", "weighted", "least-latency", "lowest-cost". 0 or -1. */
-int config_strategy_parse(const char *s, config_strategy *out);
 
 /* One model alias (models[]). */
 typedef struct config_model {
@@ -153,7 +139,7 @@ typedef struct config_model {
     const char *model; /* provider's model name; NULL for a wildcard (the rest of the name) */
     const config_route *routes; /* at least one; a wildcard alias has exactly one */
     size_t nroutes;
-    config_strategy strategy;   /* how a call picks among the routes */
+    rt_strategy strategy;       /* how a call picks among the routes (models[].strategy) */
     struct {
         bool given;           /* price.* set: overrides the catalog */
         int64_t input;        /* nano-USD per 1M prompt tokens */

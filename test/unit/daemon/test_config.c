@@ -1200,14 +1200,14 @@ static void test_model_routes(void **state)
     config *cfg = load_ok(y);
     const config_model *m = config_find_model(cfg, "chat", 4, NULL);
     assert_non_null(m);
-    assert_int_equal(m->strategy, CONFIG_STRATEGY_WEIGHTED);
+    assert_int_equal(m->strategy, RT_WEIGHTED);
     assert_int_equal(m->nroutes, 2);
     assert_ptr_equal(m->provider, m->routes[0].provider); /* the first route's */
     assert_string_equal(m->model, "small");
     assert_string_equal(m->routes[0].provider->name, "p");
     assert_int_equal(m->routes[0].weight, 3);
     assert_int_equal(m->routes[0].context, 8000);
-    assert_int_equal(m->routes[0].caps, CONFIG_CAP_TOOLS);
+    assert_int_equal(m->routes[0].caps, RT_CAP_TOOLS);
     assert_false(m->routes[0].cost.given);
     assert_string_equal(m->routes[1].provider->name, "q");
     assert_string_equal(m->routes[1].model, "big");
@@ -1220,7 +1220,7 @@ static void test_model_routes(void **state)
     assert_true(m->routes[1].cost.given);
     assert_int_equal(m->routes[1].cost.output, 4000000000);
     const config_model *one = config_find_model(cfg, "one", 3, NULL);
-    assert_int_equal(one->strategy, CONFIG_STRATEGY_PRIORITY);
+    assert_int_equal(one->strategy, RT_PRIORITY);
     assert_int_equal(one->nroutes, 1);
     assert_string_equal(one->routes[0].model, "one");
     assert_int_equal(one->routes[0].caps, CONFIG_CAP_ALL);
