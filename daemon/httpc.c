@@ -3,9 +3,10 @@
  * Objects and who frees them:
  *   httpc_pool  - one per loop; freed by httpc_pool_close() once no call and
  *                 no connection is left (pool__maybe_free).
- *   hc_target   - one per (host, port, tls, verify, ca_file); lives as long
- *                 as the pool. Holds the idle list (LIFO), the waiters (FIFO)
- *                 and the last TLS session.
+ *   hc_target   - one per (host, port, tls, verify, ca_file, proxy host,
+ *                 port and credentials); lives as long as the pool. Holds
+ *                 the idle list (LIFO), the waiters (FIFO), the last TLS
+ *                 session and, through a proxy, the CONNECT request.
  *   hc_conn     - one TCP connection; owns uv_tcp_t + idle timer, freed in
  *                 their close callbacks (conn__on_handle_close).
  *   hc_call     - one request; begins with upstream_call; owns a timer (all
@@ -15,16 +16,24 @@
  * Callbacks to the caller run only from libuv callbacks (read, write,
  * connect, timer, DNS), never from httpc_call_start() or the upstream ops:
  * failures found synchronously there are deferred through the call's timer
- * (call__fail_later) and a resume() pumps buffered bytes from the timer. */
+ * (call__fail_later) and a resume() pumps buffered bytes from the timer.
+ *
+ * Through a proxy, a connection goes RESOLVING -> CONNECTING (both to the
+ * proxy) -> PROXY (CONNECT written, its answer read from the still plain
+ * transport) and then on exactly as a direct one from its TCP connect
+ * (conn__stream_ready). */
 #include "daemon/httpc.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <llhttp.h>
+#include <mbedtls/base64.h>
 
 #include "daemon/base/log.h"
 #include "daemon/dns.h"
@@ -34,6 +43,9 @@
 #define HC_WRITE_BATCH (64u * 1024u) /* request bytes encoded before a flush */
 #define HC_DEFAULT_IDLE_MS 60000u    /* idle_timeout_ms 0 */
 #define HC_MAX_INTERIM 16u           /* 1xx responses accepted before the final one */
+#define HC_CONNECT_MAX 4096u         /* the CONNECT request we send */
+#define HC_REASON_MAX 81u            /* a proxy's reason phrase quoted in an error, with the NUL */
+#define HC_B64_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 
 #define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
 
@@ -96,6 +108,10 @@ struct hc_target {
     char *ca_file;       /* extra CA file (tls only), NULL = none */
     unsigned max_conns;  /* slot limit, 0 = none */
     unsigned idle_ms;    /* idle pooled connection lifetime */
+    char *proxy_host;    /* HTTP proxy the connections CONNECT through, NULL = direct */
+    uint16_t proxy_port; /* its port (proxy only) */
+    char *proxy_auth;    /* Basic credentials, base64 (proxy only), NULL = none */
+    buf connect;         /* the CONNECT request head, built once (proxy only) */
     tls_config *tlscfg;  /* shared TLS config (a reference), tls only */
     tls_session session; /* last TLS session, offered to new connections */
     hc_link idle;        /* idle connections, most recently used first */
@@ -107,6 +123,7 @@ struct hc_target {
 enum hc_conn_state {
     CONN_RESOLVING,  /* waiting on the DNS cache (dnsq) */
     CONN_CONNECTING, /* uv_tcp_connect running on addrs[addr_idx] */
+    CONN_PROXY,      /* CONNECT sent to the proxy; reading its answer */
     CONN_HANDSHAKE,  /* TLS handshake running */
     CONN_ACTIVE,     /* carrying call */
     CONN_IDLE,       /* on target->idle; idle timer running; reading only to notice a close */
@@ -190,6 +207,8 @@ struct hc_call {
     buf hdr;                      /* status text + header names and values (capped) */
     hc_hdr *hdrs;                 /* header offsets, HTTPC_MAX_HEADERS entries when used */
     size_t nhdrs;                 /* headers so far */
+
+    char detail[HTTPC_ERROR_DETAIL_MAX]; /* httpc_call_error_detail(), "" = none */
 };
 
 static void conn__close(hc_conn *conn);
@@ -199,8 +218,53 @@ static void conn__new(hc_target *t, hc_call *call);
 static void conn__attach(hc_conn *conn, hc_call *call);
 static void target__dispatch(hc_target *t);
 static void call__finish(hc_call *call, const char *err);
+static void call__detail(hc_call *call, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void call__begin_exchange(hc_call *call);
 static void pool__maybe_free(httpc_pool *pool);
+
+/* Where a connection's TCP goes: the proxy when there is one. */
+static const char *target__dial_host(const hc_target *t)
+{
+    return t->proxy_host ? t->proxy_host : t->host;
+}
+static uint16_t target__dial_port(const hc_target *t)
+{
+    return t->proxy_host ? t->proxy_port : t->port;
+}
+
+/* A connection through a proxy whose tunnel is not open yet. */
+static bool conn__at_proxy(const hc_conn *conn)
+{
+    return conn->target->proxy_host &&
+           (conn->state == CONN_RESOLVING || conn->state == CONN_CONNECTING ||
+            conn->state == CONN_PROXY);
+}
+
+/* Records why the call fails (httpc_call_error_detail) and logs it. */
+static void call__detail(hc_call *call, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(call->detail, sizeof(call->detail), fmt, ap);
+    va_end(ap);
+    log_warn(call->target->ctx, "%s", call->detail);
+}
+
+/* Logs why a connection could not be made; at a proxy it also becomes
+ * the error detail of the call waiting for it. */
+__attribute__((format(printf, 2, 3))) static void conn__connect_failed(hc_conn *conn,
+                                                                       const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (conn->target->proxy_host && conn->call)
+        call__detail(conn->call, "proxy error: %s", msg);
+    else
+        log_warn(conn->target->ctx, "%s", msg);
+}
 
 /* ---- call timer: deadlines, deferred failures, kicks ---- */
 
@@ -259,7 +323,13 @@ static void call__on_timer(uv_timer_t *t)
         return;
     }
     if (call->phase_deadline && now >= call->phase_deadline) {
-        log_warn(call->target->ctx, "%s (%" PRIu32 " ms)", call->phase_err, call->phase_ms);
+        const hc_target *tg = call->target;
+        if (call->conn && conn__at_proxy(call->conn))
+            call__detail(call, "proxy error: %s %s:%u timed out (%" PRIu32 " ms)",
+                         call->conn->state == CONN_PROXY ? "CONNECT through" : "connecting to",
+                         tg->proxy_host, (unsigned)tg->proxy_port, call->phase_ms);
+        else
+            log_warn(tg->ctx, "%s (%" PRIu32 " ms)", call->phase_err, call->phase_ms);
         call__finish(call, call->phase_err);
         return;
     }
@@ -532,6 +602,7 @@ static void conn__update_reading(hc_conn *conn)
 {
     bool want = false;
     switch (conn->state) {
+    case CONN_PROXY:
     case CONN_HANDSHAKE:
     case CONN_IDLE:
         want = true;
@@ -626,9 +697,13 @@ static void conn__flush(hc_conn *conn)
         log_error(conn->target->ctx, "connection %u: write not started: %s", conn->id,
                   uv_strerror(rc));
         buf_reset(&conn->wbuf);
-        if (conn->call)
+        if (conn->call && conn->state == CONN_PROXY) {
+            call__detail(conn->call, "proxy error: CONNECT not sent: %s", uv_strerror(rc));
+            call__fail_later(conn->call, upstream_err_connect);
+        } else if (conn->call) {
             call__fail_later(conn->call,
                              conn->state == CONN_HANDSHAKE ? upstream_err_tls : upstream_err_reset);
+        }
         return;
     }
     conn->writing = true;
@@ -643,6 +718,11 @@ static void conn__on_write(uv_write_t *req, int status)
         return;
     hc_call *call = conn->call;
     if (status < 0) {
+        if (conn->state == CONN_PROXY && call) {
+            call__detail(call, "proxy error: CONNECT not sent: %s", uv_strerror(status));
+            call__finish(call, upstream_err_connect);
+            return;
+        }
         if (conn->state == CONN_HANDSHAKE && call) {
             log_warn(conn->target->ctx, "connection %u: write failed during the TLS handshake: %s",
                      conn->id, uv_strerror(status));
@@ -868,6 +948,160 @@ static void conn__handshake(hc_conn *conn)
         conn__read_response(conn); /* application data may have come with the Finished */
 }
 
+/* Turns the plain transport into TLS, keeping the bytes it received and
+ * did not consume (what a proxy sent after its answer belongs to TLS). On
+ * error the transport is plain again. */
+static int conn__start_tls(hc_conn *conn)
+{
+    hc_target *t = conn->target;
+    buf early = conn->tio.in;
+    size_t early_off = conn->tio.in_off;
+    buf_init(&conn->tio.in, TLS_IN_MAX);
+    tls_conn_free(&conn->tio);
+    int rc = tls_conn_init_tls(&conn->tio, t->tlscfg, t->host, &t->session, t->ctx);
+    if (rc != 0) {
+        buf_free(&early);
+        tls_conn_init_plain(&conn->tio, t->ctx);
+        return rc;
+    }
+    conn->tio.in = early; /* tls_conn_init_tls() allocated no input buffer */
+    conn->tio.in_off = early_off;
+    return 0;
+}
+
+/* A byte stream to the target is up (TCP connected, or the proxy opened
+ * the tunnel): the TLS handshake, or the exchange right away. */
+static void conn__stream_ready(hc_conn *conn)
+{
+    hc_call *call = conn->call;
+    hc_target *t = conn->target;
+    if (!t->tls) {
+        conn->state = CONN_ACTIVE;
+        call__begin_exchange(call);
+        if (conn->state == CONN_ACTIVE && conn->call == call && tls_pending(&conn->tio))
+            conn__read_response(conn); /* a proxy sent bytes after its answer */
+        return;
+    }
+    int rc = conn__start_tls(conn);
+    if (rc != 0) {
+        log_error(t->ctx, "TLS setup failed: %s", strerror(-rc));
+        call__finish(call, upstream_err_tls);
+        return;
+    }
+    conn->state = CONN_HANDSHAKE;
+    call__phase(call, call->to.tls_ms, upstream_err_timeout_tls);
+    conn__update_reading(conn);
+    conn__handshake(conn);
+}
+
+/* TCP to the proxy is up: ask it for a tunnel to the target. The connect
+ * timeout still runs. */
+static void conn__proxy_start(hc_conn *conn)
+{
+    hc_target *t = conn->target;
+    size_t done = 0;
+    conn->state = CONN_PROXY;
+    if (tls_write(&conn->tio, t->connect.data, t->connect.len, &done) != TLS_OK ||
+        done != t->connect.len) {
+        call__detail(conn->call, "proxy error: CONNECT not sent: out of memory");
+        call__finish(conn->call, upstream_err_connect);
+        return;
+    }
+    conn__update_reading(conn);
+    conn__flush(conn);
+}
+
+/* Length of the head at the start of p up to and including its blank line
+ * (CRLF or bare LF line ends); 0 while it has not ended. */
+static size_t hc__head_len(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] != '\n')
+            continue;
+        if (i + 1 < n && p[i + 1] == '\n')
+            return i + 2;
+        if (i + 2 < n && p[i + 1] == '\r' && p[i + 2] == '\n')
+            return i + 3;
+    }
+    return 0;
+}
+
+static bool hc__digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* Parses the status line "HTTP/1.x NNN reason" at the start of a head of
+ * n bytes (which holds a line end). */
+static bool hc__status_line(const char *p, size_t n, int *status, slice *reason)
+{
+    const char *eol = memchr(p, '\n', n);
+    size_t len = eol ? (size_t)(eol - p) : n;
+    if (len && p[len - 1] == '\r')
+        len--;
+    if (len < 12 || memcmp(p, "HTTP/1.", 7) != 0 || !hc__digit(p[7]) || p[8] != ' ' ||
+        !hc__digit(p[9]) || !hc__digit(p[10]) || !hc__digit(p[11]) || (len > 12 && p[12] != ' '))
+        return false;
+    *status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    *reason = len > 13 ? slice_make(p + 13, len - 13) : slice_make("", 0);
+    return true;
+}
+
+/* Copies s into dst[cap] as printable ASCII ('?' for anything else),
+ * truncated. */
+static void hc__printable(char *dst, size_t cap, slice s)
+{
+    size_t n = s.len < cap - 1 ? s.len : cap - 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s.p[i];
+        dst[i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+    }
+    dst[n] = '\0';
+}
+
+/* Reads the proxy's answer to CONNECT from the (still plain) transport;
+ * a 2xx opens the tunnel, anything else fails the call as a connect
+ * failure. */
+static void conn__proxy_read(hc_conn *conn)
+{
+    hc_call *call = conn->call;
+    slice s = {NULL, 0};
+    if (tls_peek(&conn->tio, &s) != TLS_OK)
+        s.len = 0;
+    size_t scan = s.len < HTTPC_PROXY_MAX_HEAD ? s.len : HTTPC_PROXY_MAX_HEAD;
+    size_t head = hc__head_len(s.p, scan);
+    int status = 0;
+    slice reason;
+    if (!head) {
+        if (scan == HTTPC_PROXY_MAX_HEAD)
+            call__detail(call, "proxy error: answer to CONNECT over %u bytes",
+                         HTTPC_PROXY_MAX_HEAD);
+        else if (conn->eof)
+            call__detail(call, "proxy error: %s before the answer to CONNECT ended",
+                         conn->rerr ? uv_strerror(conn->rerr) : "connection closed");
+        else
+            return; /* more to come */
+        call__finish(call, upstream_err_connect);
+        return;
+    }
+    if (!hc__status_line(s.p, head, &status, &reason)) {
+        call__detail(call, "proxy error: invalid answer to CONNECT");
+        call__finish(call, upstream_err_connect);
+        return;
+    }
+    if (status < 200 || status > 299) {
+        char r[HC_REASON_MAX];
+        hc__printable(r, sizeof(r), reason);
+        call__detail(call, "proxy refused CONNECT: %d%s%s", status, r[0] ? " " : "", r);
+        call__finish(call, upstream_err_connect);
+        return;
+    }
+    tls_consume(&conn->tio, head);
+    conn->target->pool->st.tunnels++;
+    log_debug(conn->target->ctx, "connection %u: tunnel open", conn->id);
+    conn__stream_ready(conn);
+}
+
 static void conn__pump(hc_conn *conn)
 {
     if (conn->state == CONN_HANDSHAKE)
@@ -896,6 +1130,9 @@ static void conn__on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         log_debug(conn->target->ctx, "idle connection %u %s", conn->id,
                   nread > 0 ? "got unexpected bytes" : "closed by the server");
         conn__close(conn);
+        break;
+    case CONN_PROXY:
+        conn__proxy_read(conn);
         break;
     case CONN_HANDSHAKE:
         conn__handshake(conn);
@@ -946,30 +1183,17 @@ static void conn__on_connect(uv_connect_t *req, int status)
             uv_close((uv_handle_t *)&conn->tcp, conn__on_tcp_recycled);
             return;
         }
-        log_warn(t->ctx, "connect to %s failed: %s", ip, uv_strerror(status));
+        conn__connect_failed(conn, "connect to %s failed: %s", ip, uv_strerror(status));
         call__finish(call, upstream_err_connect);
         return;
     }
     t->pool->st.conns_opened++;
     uv_tcp_nodelay(&conn->tcp, 1);
     uv_tcp_keepalive(&conn->tcp, 1, 60);
-    if (!t->tls) {
-        conn->state = CONN_ACTIVE;
-        call__begin_exchange(call);
-        return;
-    }
-    tls_conn_free(&conn->tio);
-    int rc = tls_conn_init_tls(&conn->tio, t->tlscfg, t->host, &t->session, t->ctx);
-    if (rc != 0) {
-        tls_conn_init_plain(&conn->tio, t->ctx);
-        log_error(t->ctx, "TLS setup failed: %s", strerror(-rc));
-        call__finish(call, upstream_err_tls);
-        return;
-    }
-    conn->state = CONN_HANDSHAKE;
-    call__phase(call, call->to.tls_ms, upstream_err_timeout_tls);
-    conn__update_reading(conn);
-    conn__handshake(conn);
+    if (t->proxy_host)
+        conn__proxy_start(conn);
+    else
+        conn__stream_ready(conn);
 }
 
 static void conn__try_connect(hc_conn *conn)
@@ -993,7 +1217,7 @@ static void conn__try_connect(hc_conn *conn)
         }
         break;
     }
-    log_warn(conn->target->ctx, "connect not started: %s", uv_strerror(rc));
+    conn__connect_failed(conn, "connect not started: %s", uv_strerror(rc));
     call__finish(call, upstream_err_connect);
 }
 
@@ -1003,7 +1227,8 @@ static void conn__on_resolved(int status, const dns_result *res, void *ud)
     conn->dnsq = NULL;
     hc_target *t = conn->target;
     if (status != 0) {
-        log_warn(t->ctx, "cannot resolve %s: %s", t->host, uv_strerror(status));
+        conn__connect_failed(conn, "cannot resolve %s: %s", target__dial_host(t),
+                             uv_strerror(status));
         call__finish(conn->call, upstream_err_dns);
         return;
     }
@@ -1012,9 +1237,9 @@ static void conn__on_resolved(int status, const dns_result *res, void *ud)
         struct sockaddr_storage *a = &conn->addrs[conn->naddrs++];
         *a = res->addrs[i];
         if (a->ss_family == AF_INET6)
-            ((struct sockaddr_in6 *)a)->sin6_port = htons(t->port);
+            ((struct sockaddr_in6 *)a)->sin6_port = htons(target__dial_port(t));
         else
-            ((struct sockaddr_in *)a)->sin_port = htons(t->port);
+            ((struct sockaddr_in *)a)->sin_port = htons(target__dial_port(t));
     }
     conn->addr_idx = 0;
     conn__try_connect(conn);
@@ -1050,10 +1275,10 @@ static void conn__new(hc_target *t, hc_call *call)
     t->nconns++;
     pool->nconns++;
     pool->st.conns_open++;
-    int rc = dns_resolve(pool->dns, t->host, conn__on_resolved, conn, &conn->dnsq);
+    int rc = dns_resolve(pool->dns, target__dial_host(t), conn__on_resolved, conn, &conn->dnsq);
     if (rc != 0) {
         conn->dnsq = NULL;
-        log_warn(t->ctx, "cannot resolve %s: %s", t->host, strerror(-rc));
+        conn__connect_failed(conn, "cannot resolve %s: %s", target__dial_host(t), strerror(-rc));
         call__fail_later(call, upstream_err_dns);
     }
 }
@@ -1167,6 +1392,9 @@ static void target__free(hc_target *t)
     tls_config_release(t->tlscfg);
     free(t->host);
     free(t->ca_file);
+    free(t->proxy_host);
+    free(t->proxy_auth);
+    buf_free(&t->connect);
     free(t);
 }
 
@@ -1191,14 +1419,62 @@ static bool same_str(const char *a, const char *b)
     return strcmp(a, b) == 0;
 }
 
+/* The proxy of a target spec, NULL for a direct one. */
+static const char *spec__proxy(const httpc_target *spec)
+{
+    return spec->proxy_host && spec->proxy_host[0] ? spec->proxy_host : NULL;
+}
+static const char *spec__proxy_auth(const httpc_target *spec)
+{
+    return spec__proxy(spec) && spec->proxy_auth && spec->proxy_auth[0] ? spec->proxy_auth : NULL;
+}
+
+/* Text that can stand in a request head: printable ASCII, no blank. */
+static bool hc__head_safe(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s >= 0x7f)
+            return false;
+    return true;
+}
+
+/* A proxied spec whose names and credentials can go into the CONNECT head. */
+static bool spec__proxy_valid(const httpc_target *spec)
+{
+    const char *auth = spec__proxy_auth(spec);
+    return spec->proxy_port && hc__head_safe(spec->host) && hc__head_safe(spec->proxy_host) &&
+           (!auth || strspn(auth, HC_B64_CHARS) == strlen(auth));
+}
+
+/* The CONNECT request for t: authority host:port (an IPv6 literal in
+ * brackets) in the request line and Host, then the credentials. */
+static int target__build_connect(hc_target *t)
+{
+    bool v6 = strchr(t->host, ':') && t->host[0] != '[';
+    const char *lb = v6 ? "[" : "", *rb = v6 ? "]" : "";
+    unsigned port = t->port;
+    int rc = buf_printf(&t->connect, "CONNECT %s%s%s:%u HTTP/1.1\r\nHost: %s%s%s:%u\r\n", lb,
+                        t->host, rb, port, lb, t->host, rb, port);
+    if (!rc && t->proxy_auth)
+        rc = buf_printf(&t->connect, "Proxy-Authorization: Basic %s\r\n", t->proxy_auth);
+    if (!rc)
+        rc = buf_append_str(&t->connect, "\r\n");
+    return rc == -ENOMEM ? -ENOMEM : rc ? -EINVAL : 0;
+}
+
 static int target__get(httpc_pool *pool, const httpc_target *spec, hc_target **out)
 {
     bool verify = spec->tls && spec->tls_verify;
     const char *ca = spec->tls ? spec->ca_file : NULL;
+    const char *proxy = spec__proxy(spec), *auth = spec__proxy_auth(spec);
+    uint16_t proxy_port = proxy ? spec->proxy_port : 0;
     hc_target *t;
+    int rc;
     for (t = pool->targets; t; t = t->next) {
         if (t->port == spec->port && t->tls == spec->tls && t->verify == verify &&
-            strcmp(t->host, spec->host) == 0 && same_str(t->ca_file, ca))
+            strcmp(t->host, spec->host) == 0 && same_str(t->ca_file, ca) &&
+            same_str(t->proxy_host, proxy) && t->proxy_port == proxy_port &&
+            same_str(t->proxy_auth, auth))
             goto out_found;
     }
     t = calloc(1, sizeof(*t));
@@ -1208,16 +1484,27 @@ static int target__get(httpc_pool *pool, const httpc_target *spec, hc_target **o
     t->port = spec->port;
     t->tls = spec->tls;
     t->verify = verify;
+    t->proxy_port = proxy_port;
     link_init(&t->idle);
     link_init(&t->waiters);
     tls_session_init(&t->session);
-    snprintf(t->ctx, sizeof(t->ctx), "upstream %s:%u", spec->host, (unsigned)spec->port);
-    if (!(t->host = strdup(spec->host)) || (ca && !(t->ca_file = strdup(ca)))) {
+    buf_init(&t->connect, HC_CONNECT_MAX);
+    if (proxy)
+        snprintf(t->ctx, sizeof(t->ctx), "upstream %s:%u via %s:%u", spec->host,
+                 (unsigned)spec->port, proxy, (unsigned)proxy_port);
+    else
+        snprintf(t->ctx, sizeof(t->ctx), "upstream %s:%u", spec->host, (unsigned)spec->port);
+    if (!(t->host = strdup(spec->host)) || (ca && !(t->ca_file = strdup(ca))) ||
+        (proxy && !(t->proxy_host = strdup(proxy))) || (auth && !(t->proxy_auth = strdup(auth)))) {
         target__free(t);
         return -ENOMEM;
     }
+    if (proxy && (rc = target__build_connect(t)) != 0) {
+        target__free(t);
+        return rc;
+    }
     if (t->tls) {
-        int rc = tls_config_acquire(t->ca_file, t->verify, &t->tlscfg);
+        rc = tls_config_acquire(t->ca_file, t->verify, &t->tlscfg);
         if (rc != 0) {
             log_error(t->ctx, "no TLS configuration: %s", strerror(-rc));
             target__free(t);
@@ -1273,6 +1560,8 @@ int httpc_call_start(httpc_pool *pool, const httpc_target *t, const httpc_timeou
     if (!pool || !t || !t->host || !t->host[0] || !t->port || !req || !nreq || !cb ||
         !cb->on_head || !cb->on_body || !cb->on_done || !out)
         return -EINVAL;
+    if (spec__proxy(t) && !spec__proxy_valid(t))
+        return -EINVAL;
     if (pool->closing)
         return -ESHUTDOWN;
     hc_target *tg;
@@ -1319,5 +1608,244 @@ int httpc_call_start(httpc_pool *pool, const httpc_target *t, const httpc_timeou
         log_debug(tg->ctx, "all %u connections busy; call waits", tg->max_conns);
     }
     *out = &call->base;
+    return 0;
+}
+
+const char *httpc_call_error_detail(const upstream_call *call)
+{
+    return ((const hc_call *)call)->detail;
+}
+
+/* ---- NO_PROXY lists and proxy URLs ---- */
+
+static bool hc__blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* The IP literal s[n] (IPv6 without brackets) as bytes; false for a name. */
+static bool hc__ip(const char *s, size_t n, unsigned char addr[16], int *family)
+{
+    char tmp[64];
+    if (n == 0 || n >= sizeof(tmp))
+        return false;
+    memcpy(tmp, s, n);
+    tmp[n] = '\0';
+    memset(addr, 0, 16);
+    if (uv_inet_pton(AF_INET, tmp, addr) == 0)
+        *family = AF_INET;
+    else if (uv_inet_pton(AF_INET6, tmp, addr) == 0)
+        *family = AF_INET6;
+    else
+        return false;
+    return true;
+}
+
+/* One NO_PROXY entry without the blanks around it, brackets, port and
+ * leading/trailing dot. */
+static slice hc__no_proxy_entry(const char *p, size_t n)
+{
+    while (n && hc__blank(*p)) {
+        p++;
+        n--;
+    }
+    while (n && hc__blank(p[n - 1]))
+        n--;
+    if (n && p[0] == '[') {
+        const char *rb = memchr(p, ']', n);
+        return rb ? slice_make(p + 1, (size_t)(rb - p - 1)) : slice_make(p, 0);
+    }
+    const char *colon = memchr(p, ':', n);
+    if (colon && !memchr(colon + 1, ':', n - (size_t)(colon + 1 - p)))
+        n = (size_t)(colon - p); /* name:port; more colons make a bare IPv6 literal */
+    if (n && p[0] == '.') {
+        p++;
+        n--;
+    }
+    if (n && p[n - 1] == '.')
+        n--;
+    return slice_make(p, n);
+}
+
+bool httpc_no_proxy_match(const char *no_proxy, const char *host)
+{
+    if (!no_proxy || !host)
+        return false;
+    size_t hn = strlen(host);
+    if (hn >= 2 && host[0] == '[' && host[hn - 1] == ']') {
+        host++;
+        hn -= 2;
+    } else if (hn && host[hn - 1] == '.') {
+        hn--;
+    }
+    if (hn == 0)
+        return false;
+    unsigned char haddr[16], eaddr[16];
+    int hfam = 0, efam = 0;
+    bool hip = hc__ip(host, hn, haddr, &hfam);
+    for (const char *p = no_proxy; *p;) {
+        size_t n = strcspn(p, ",");
+        slice e = hc__no_proxy_entry(p, n);
+        p += n + (p[n] == ',');
+        if (e.len == 1 && e.p[0] == '*')
+            return true;
+        if (e.len == 0)
+            continue;
+        if (hip) {
+            if (hc__ip(e.p, e.len, eaddr, &efam) && efam == hfam && memcmp(eaddr, haddr, 16) == 0)
+                return true;
+        } else if (e.len <= hn && strncasecmp(host + hn - e.len, e.p, e.len) == 0 &&
+                   (e.len == hn || host[hn - e.len - 1] == '.')) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool hc__alpha(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+/* RFC 3986 scheme: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ). */
+static bool hc__scheme(const char *p, size_t n)
+{
+    if (n == 0 || !hc__alpha(p[0]))
+        return false;
+    for (size_t i = 1; i < n; i++)
+        if (!hc__alpha(p[i]) && !hc__digit(p[i]) && !strchr("+-.", p[i]))
+            return false;
+    return true;
+}
+
+/* A host name of letters, digits, '-', '.' and '_'. */
+static bool hc__host_name(const char *p, size_t n)
+{
+    if (n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!hc__alpha(p[i]) && !hc__digit(p[i]) && !strchr("-._", p[i]))
+            return false;
+    return true;
+}
+
+static int hc__hex(char c)
+{
+    if (hc__digit(c))
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Appends p[n] percent-decoded to dst at *len (dst has room for n more
+ * bytes). -EINVAL on a bad escape or an encoded NUL. */
+static int hc__pct_decode(const char *p, size_t n, char *dst, size_t *len)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] != '%') {
+            dst[(*len)++] = p[i];
+            continue;
+        }
+        int hi = i + 2 < n ? hc__hex(p[i + 1]) : -1;
+        int lo = i + 2 < n ? hc__hex(p[i + 2]) : -1;
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+            return -EINVAL;
+        dst[(*len)++] = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    return 0;
+}
+
+/* base64 of "user:password", both percent-decoded, from the userinfo
+ * ui[n] of a URL, into dst[cap]. */
+static int hc__proxy_auth(const char *ui, size_t n, char *dst, size_t cap)
+{
+    const char *colon = memchr(ui, ':', n);
+    size_t un = colon ? (size_t)(colon - ui) : n;
+    size_t len = 0, olen = 0;
+    char *creds = malloc(n + 2);
+    if (!creds)
+        return -ENOMEM;
+    int rc = hc__pct_decode(ui, un, creds, &len);
+    creds[len++] = ':';
+    if (!rc && colon)
+        rc = hc__pct_decode(colon + 1, n - un - 1, creds, &len);
+    if (!rc &&
+        mbedtls_base64_encode((unsigned char *)dst, cap, &olen, (unsigned char *)creds, len) != 0)
+        rc = -ENOSPC;
+    explicit_bzero(creds, n + 2); /* a password */
+    free(creds);
+    return rc;
+}
+
+int httpc_parse_proxy_url(const char *url, char *host, size_t hostcap, uint16_t *port,
+                          char *auth_b64, size_t authcap)
+{
+    if (!url || !host || !hostcap || !port || !auth_b64 || !authcap)
+        return -EINVAL;
+    const char *p = url, *sep = strstr(url, "://");
+    if (sep) {
+        size_t sn = (size_t)(sep - url);
+        if (!hc__scheme(url, sn))
+            return -EINVAL;
+        if (sn != 4 || strncasecmp(url, "http", 4) != 0)
+            return -ENOTSUP; /* https:// too: no TLS to the proxy */
+        p = sep + 3;
+    }
+    size_t an = strcspn(p, "/?#"); /* the authority; then at most a "/" */
+    if (p[an] && strcmp(p + an, "/") != 0)
+        return -EINVAL;
+    const char *hp = p, *end = p + an;
+    const char *at = NULL;
+    for (const char *q = p; q < end; q++)
+        if (*q == '@')
+            at = q; /* the last one: an unencoded '@' in a password still works */
+    if (at)
+        hp = at + 1;
+    const char *name = hp, *name_end, *rest;
+    unsigned char addr[16];
+    int family = 0;
+    if (hp < end && *hp == '[') {
+        name = hp + 1;
+        name_end = memchr(name, ']', (size_t)(end - name));
+        if (!name_end || !hc__ip(name, (size_t)(name_end - name), addr, &family) ||
+            family != AF_INET6)
+            return -EINVAL;
+        rest = name_end + 1;
+    } else {
+        name_end = memchr(hp, ':', (size_t)(end - hp));
+        if (!name_end)
+            name_end = end;
+        if (!hc__host_name(name, (size_t)(name_end - name)))
+            return -EINVAL;
+        rest = name_end;
+    }
+    unsigned long pv = 80;
+    if (rest < end) {
+        if (*rest != ':' || end - rest < 2 || end - rest > 6)
+            return -EINVAL;
+        pv = 0;
+        for (const char *q = rest + 1; q < end; q++) {
+            if (!hc__digit(*q))
+                return -EINVAL;
+            pv = pv * 10 + (unsigned long)(*q - '0');
+        }
+        if (pv == 0 || pv > 65535)
+            return -EINVAL;
+    }
+    size_t hn = (size_t)(name_end - name);
+    if (hn >= hostcap)
+        return -ENOSPC;
+    int rc = at ? hc__proxy_auth(p, (size_t)(at - p), auth_b64, authcap) : 0;
+    if (rc != 0)
+        return rc;
+    if (!at)
+        auth_b64[0] = '\0';
+    memcpy(host, name, hn);
+    host[hn] = '\0';
+    *port = (uint16_t)pv;
     return 0;
 }

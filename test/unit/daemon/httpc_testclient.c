@@ -20,6 +20,7 @@ struct tc_call {
     unsigned late;                              /* callbacks after on_done or abort: must stay 0 */
     bool ended;                                 /* on_done ran or the test aborted the call */
     const char *err;                            /* on_done error */
+    char detail[HTTPC_ERROR_DETAIL_MAX];        /* httpc_call_error_detail() in on_done */
     buf body;                                   /* body bytes (first TC_BODY_KEEP) */
     uint64_t body_len;                          /* all body bytes */
     bool check_pattern;                         /* compare the body with ts_pattern_byte() */
@@ -50,6 +51,9 @@ struct tc_env {
     httpc_stats st;       /* pool counters at tc_finish */
     ts_stats sst;         /* server counters at tc_finish */
     void *test;           /* test-specific state */
+
+    void (*on_finish)(void *ud); /* test hook in tc_finish: stop what the test started */
+    void *on_finish_ud;          /* its argument */
 };
 
 static void tc_finish(tc_env *e);
@@ -117,6 +121,7 @@ static void tc__on_done(upstream_call *call, const char *err, void *ud)
     c->dones++;
     c->ended = true;
     c->err = err;
+    snprintf(c->detail, sizeof(c->detail), "%s", httpc_call_error_detail(call));
     c->call = NULL;
     c->t_end = uv_now(&e->loop);
     if (c->on_end)
@@ -174,6 +179,8 @@ static void tc_finish(tc_env *e)
         e->sst = *ts_get_stats(e->srv);
     httpc_pool_close(e->pool);
     ts_stop(e->srv);
+    if (e->on_finish)
+        e->on_finish(e->on_finish_ud);
     uv_close((uv_handle_t *)&e->watchdog, NULL);
 }
 

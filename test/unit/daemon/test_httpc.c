@@ -1,5 +1,6 @@
-/* test_httpc.c - the outbound HTTP client over plain TCP, and the DNS cache,
- * against a scripted server on the same loop. */
+/* test_httpc.c - the outbound HTTP client over plain TCP, through an HTTP
+ * CONNECT proxy (plain and TLS), and the DNS cache, against a scripted
+ * server and proxy on the same loop; the NO_PROXY and proxy URL helpers. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,8 +9,12 @@
 
 #include "test/unit/daemon/httpc_testserver.c"
 #include "test/unit/daemon/httpc_testclient.c"
+#include "test/unit/daemon/httpc_testproxy.c"
 
 #include "daemon/dns.h"
+
+#define CERT(name) TG_TESTDATA "/tls/" name ".crt"
+#define KEY(name) TG_TESTDATA "/tls/" name ".key"
 
 /* ---- bodies and framing ---- */
 
@@ -537,6 +542,408 @@ static void test_localhost_resolves_through_cache(void **state)
     assert_int_equal(e.st.dns_lookups, 1);
 }
 
+/* ---- through an HTTP proxy ---- */
+
+static void px_stop(void *ud)
+{
+    tp_stop(ud);
+}
+
+/* A test environment whose target is reached through a proxy on the loop
+ * (mode, credentials required); tls: the target is the TLS server, named
+ * "localhost" so that only the proxy can have resolved it. */
+static void px_env_init(tc_env *e, bool tls, enum tp_mode mode, const char *want_auth,
+                        tp_record *rec)
+{
+    if (tls)
+        tc_env_init(e, CERT("server"), KEY("server"), tc_script_handler);
+    else
+        tc_env_init(e, NULL, NULL, tc_script_handler);
+    if (tls)
+        e->tgt.host = "localhost";
+    tp_proxy *px = tp_start(&e->loop, mode, want_auth, rec);
+    assert_non_null(px);
+    e->tgt.proxy_host = "127.0.0.1";
+    e->tgt.proxy_port = tp_port(px);
+    e->on_finish = px_stop;
+    e->on_finish_ud = px;
+}
+
+static void test_proxy_tls_request(void **state)
+{
+    tc_env e;
+    tc_call c;
+    tp_record rec;
+    px_env_init(&e, true, TP_SPLICE, NULL, &rec);
+    tc_call_init(&e, &c);
+    c.probe = "x-test";
+    tc_start(&c, "/cl", NULL);
+    tc_env_run(&e);
+    assert_null(c.err);
+    assert_int_equal(c.status, 200);
+    tc_assert_body(&c, "hello world");
+    assert_string_equal(c.probe_value, "some value");
+    char want[64];
+    snprintf(want, sizeof(want), "CONNECT localhost:%u HTTP/1.1", (unsigned)e.tgt.port);
+    assert_int_equal(rec.connects, 1);
+    assert_string_equal(rec.seen[0].line, want);
+    snprintf(want, sizeof(want), "localhost:%u", (unsigned)e.tgt.port);
+    assert_string_equal(rec.seen[0].host, want);
+    assert_string_equal(rec.seen[0].auth, ""); /* none configured, none sent */
+    assert_int_equal(rec.tunnels, 1);
+    assert_int_equal(e.sst.handshakes, 1); /* TLS end to end, verified for "localhost" */
+    assert_int_equal(e.st.tls_handshakes, 1);
+    assert_int_equal(e.st.tunnels, 1);
+    assert_int_equal(e.st.dns_lookups, 0); /* the proxy resolved the target, not we */
+    tc_call_free(&c);
+}
+
+static void test_proxy_tunnel_is_pooled(void **state)
+{
+    tc_env e;
+    seq_state s = {0};
+    tp_record rec;
+    px_env_init(&e, true, TP_SPLICE, NULL, &rec);
+    run_seq(&e, &s, 2, "/ka");
+    assert_int_equal(rec.connects, 1); /* one CONNECT for both calls */
+    assert_int_equal(e.sst.accepted, 1);
+    assert_int_equal(e.sst.requests, 2);
+    assert_int_equal(e.sst.handshakes, 1);
+    assert_int_equal(e.st.conns_opened, 1);
+    assert_int_equal(e.st.conns_reused, 1);
+}
+
+static void test_proxy_auth(void **state)
+{
+    /* the URL's escapes are decoded before the credentials are encoded */
+    static const char *const users[] = {NULL, "user:wrong", "us%65r:p%61ss"};
+    static const char *const sent[] = {"", "Basic dXNlcjp3cm9uZw==", "Basic dXNlcjpwYXNz"};
+    for (int i = 0; i < 3; i++) {
+        tc_env e;
+        tc_call c;
+        tp_record rec;
+        char url[128], host[64], auth[64];
+        uint16_t port = 0;
+        px_env_init(&e, false, TP_SPLICE, "Basic dXNlcjpwYXNz", &rec);
+        if (users[i]) {
+            snprintf(url, sizeof(url), "http://%s@127.0.0.1:%u", users[i],
+                     (unsigned)e.tgt.proxy_port);
+            assert_int_equal(
+                httpc_parse_proxy_url(url, host, sizeof(host), &port, auth, sizeof(auth)), 0);
+            assert_string_equal(host, "127.0.0.1");
+            assert_int_equal(port, e.tgt.proxy_port);
+            e.tgt.proxy_auth = auth;
+        }
+        tc_call_init(&e, &c);
+        tc_start(&c, "/cl", NULL);
+        tc_env_run(&e);
+        assert_int_equal(rec.connects, 1);
+        assert_string_equal(rec.seen[0].auth, sent[i]);
+        if (i < 2) {
+            assert_ptr_equal(c.err, upstream_err_connect); /* as a connect failure */
+            assert_true(upstream_err_before_response(c.err));
+            assert_string_equal(c.detail, "proxy refused CONNECT: 407 Proxy Authentication "
+                                          "Required");
+            assert_int_equal(c.heads, 0);
+            assert_int_equal(e.sst.accepted, 0); /* the target never heard of it */
+            assert_int_equal(e.st.conns_open, 0);
+        } else {
+            assert_null(c.err);
+            assert_int_equal(c.status, 200);
+            tc_assert_body(&c, "hello world");
+            assert_int_equal(e.sst.accepted, 1);
+        }
+        tc_call_free(&c);
+    }
+}
+
+static void test_proxy_down(void **state)
+{
+    tc_env e;
+    tc_call c;
+    tc_env_init(&e, NULL, NULL, tc_script_handler);
+    e.tgt.proxy_host = "127.0.0.1";
+    e.tgt.proxy_port = ts_free_port(&e.loop);
+    assert_true(e.tgt.proxy_port != 0);
+    tc_call_init(&e, &c);
+    tc_start(&c, "/cl", NULL);
+    tc_env_run(&e);
+    assert_ptr_equal(c.err, upstream_err_connect);
+    assert_true(upstream_err_before_response(c.err));
+    assert_true(c.t_end - c.t_start < 1000); /* refused: not the 3 s connect timeout */
+    assert_non_null(strstr(c.detail, "proxy error: connect to 127.0.0.1 failed: "));
+    assert_int_equal(e.sst.accepted, 0);
+    assert_int_equal(e.st.conns_opened, 0);
+    tc_call_free(&c);
+}
+
+static void test_proxy_never_answers(void **state)
+{
+    tc_env e;
+    tc_call c;
+    tp_record rec;
+    px_env_init(&e, false, TP_MUTE, NULL, &rec);
+    e.tgt.host = "::1"; /* never reached; shows the authority form of IPv6 */
+    e.tgt.port = 443;
+    e.to.connect_ms = 200;
+    tc_call_init(&e, &c);
+    tc_start(&c, "/cl", NULL);
+    tc_env_run(&e);
+    assert_ptr_equal(c.err, upstream_err_timeout_connect);
+    assert_true(c.t_end - c.t_start + 5 >= 200);
+    assert_true(c.t_end - c.t_start < 2000);
+    char want[96];
+    snprintf(want, sizeof(want), "proxy error: CONNECT through 127.0.0.1:%u timed out (200 ms)",
+             (unsigned)e.tgt.proxy_port);
+    assert_string_equal(c.detail, want);
+    assert_int_equal(rec.connects, 1);
+    assert_string_equal(rec.seen[0].line, "CONNECT [::1]:443 HTTP/1.1");
+    assert_string_equal(rec.seen[0].host, "[::1]:443");
+    assert_int_equal(e.st.conns_open, 0);
+    tc_call_free(&c);
+}
+
+static void test_proxy_tls_timeout_after_tunnel(void **state)
+{
+    tc_env e;
+    tc_call c;
+    tp_record rec;
+    px_env_init(&e, true, TP_SPLICE, NULL, &rec);
+    ts_set_mute(e.srv, true); /* the target takes the connection, never the handshake */
+    e.to.connect_ms = 3000;
+    e.to.tls_ms = 200;
+    tc_call_init(&e, &c);
+    tc_start(&c, "/cl", NULL);
+    tc_env_run(&e);
+    assert_ptr_equal(c.err, upstream_err_timeout_tls); /* the tunnel ended the connect phase */
+    assert_true(c.t_end - c.t_start + 5 >= 200);
+    assert_true(c.t_end - c.t_start < 2000);
+    assert_string_equal(c.detail, ""); /* not the proxy's fault */
+    assert_int_equal(e.st.tunnels, 1);
+    tc_call_free(&c);
+}
+
+static void test_proxy_bad_answers(void **state)
+{
+    static const enum tp_mode modes[] = {TP_GARBAGE, TP_HANGUP, TP_BIGHEAD};
+    static const char *const details[] = {
+        "proxy error: invalid answer to CONNECT",
+        "proxy error: connection closed before the answer to CONNECT ended",
+        "proxy error: answer to CONNECT over 8192 bytes",
+    };
+    for (int i = 0; i < 3; i++) {
+        tc_env e;
+        tc_call c;
+        tp_record rec;
+        px_env_init(&e, true, modes[i], NULL, &rec);
+        tc_call_init(&e, &c);
+        tc_start(&c, "/cl", NULL);
+        tc_env_run(&e);
+        assert_ptr_equal(c.err, upstream_err_connect);
+        assert_string_equal(c.detail, details[i]);
+        assert_int_equal(c.heads, 0);
+        assert_int_equal(e.st.tunnels, 0);
+        assert_int_equal(e.st.conns_open, 0);
+        tc_call_free(&c);
+    }
+}
+
+static void test_proxy_bytes_after_answer_kept(void **state)
+{
+    tc_env e;
+    tc_call c;
+    tp_record rec;
+    px_env_init(&e, false, TP_EARLY, NULL, &rec);
+    tc_call_init(&e, &c);
+    tc_start(&c, "/cl", NULL);
+    tc_env_run(&e);
+    assert_null(c.err);
+    assert_int_equal(c.status, 200);
+    tc_assert_body(&c, "early"); /* came in the proxy's write of its 200 */
+    assert_int_equal(e.st.tunnels, 1);
+    assert_int_equal(e.st.conns_idle, 0); /* answered before it was asked: not reused */
+    tc_call_free(&c);
+}
+
+/* calls[i] goes through the proxy when i is odd, directly when even. */
+static void apart_next(tc_call *c)
+{
+    tc_env *e = c->env;
+    seq_state *s = e->test;
+    if (s->next < s->n) {
+        e->tgt.proxy_host = s->next % 2 ? "127.0.0.1" : NULL;
+        tc_start(&s->calls[s->next++], "/ka", NULL);
+    }
+}
+
+static void test_proxy_and_direct_pools_apart(void **state)
+{
+    tc_env e;
+    seq_state s = {.n = 4, .next = 1};
+    tp_record rec;
+    px_env_init(&e, false, TP_SPLICE, NULL, &rec);
+    e.test = &s;
+    for (int i = 0; i < 4; i++) {
+        tc_call_init(&e, &s.calls[i]);
+        s.calls[i].on_end = apart_next;
+    }
+    e.tgt.proxy_host = NULL;
+    tc_start(&s.calls[0], "/ka", NULL);
+    tc_env_run(&e);
+    for (int i = 0; i < 4; i++) {
+        assert_null(s.calls[i].err);
+        tc_assert_body(&s.calls[i], "hello world");
+        tc_call_free(&s.calls[i]);
+    }
+    assert_int_equal(rec.connects, 1);   /* the second proxied call reused the tunnel */
+    assert_int_equal(e.sst.accepted, 2); /* one direct connection, one from the proxy */
+    assert_int_equal(e.st.conns_opened, 2);
+    assert_int_equal(e.st.conns_reused, 2);
+    assert_int_equal(e.st.conns_idle, 2);
+}
+
+static void test_proxy_target_checked(void **state)
+{
+    tc_env e;
+    tc_call c;
+    tc_env_init(&e, NULL, NULL, NULL);
+    tc_call_init(&e, &c);
+    c.req[0] = uv_buf_init((char *)"GET / HTTP/1.1\r\n\r\n", 18);
+    upstream_call *up;
+    httpc_target bad[3];
+    for (int i = 0; i < 3; i++) {
+        bad[i] = e.tgt;
+        bad[i].port = 443;
+        bad[i].proxy_host = "127.0.0.1";
+        bad[i].proxy_port = 3128;
+    }
+    bad[0].proxy_port = 0;
+    bad[1].host = "api.example\r\nX-Evil: 1";
+    bad[2].proxy_auth = "dXNlcjpwYXNz\r\nX-Evil: 1";
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(httpc_call_start(e.pool, &bad[i], &e.to, c.req, 1, &tc_callbacks, &c, &up),
+                         -EINVAL);
+    tc_finish(&e);
+    tc_env_run(&e);
+    tc_call_free(&c);
+}
+
+static void test_no_proxy_match(void **state)
+{
+    static const struct {
+        const char *no_proxy, *host;
+        bool want;
+    } cases[] = {
+        {NULL, "example.com", false},
+        {"", "example.com", false},
+        {"*", "anything.example", true},
+        {"foo.org, *", "x.org", true},
+        {"example.com", "example.com", true},
+        {"example.com", "a.example.com", true},
+        {"example.com", "a.b.example.com", true},
+        {"example.com", "badexample.com", false},
+        {"example.com", "example.com.evil.org", false},
+        {".example.com", "example.com", true},
+        {".example.com", "a.example.com", true},
+        {".example.com", "badexample.com", false},
+        {"a.example.com", "example.com", false},
+        {"EXAMPLE.com", "Api.Example.COM", true},
+        {" foo.org ,\texample.com ", "a.example.com", true},
+        {"foo.org,bar.org", "example.com", false},
+        {",, ,", "example.com", false},
+        {"example.com:443", "a.example.com", true}, /* the port is ignored */
+        {"example.com.", "example.com", true},
+        {"example.com", "example.com.", true},
+        {"example.com", "", false},
+        {"10.0.0.1", "10.0.0.1", true},
+        {"10.0.0.1", "10.0.0.12", false},
+        {"0.0.1", "10.0.0.1", false},      /* IP hosts never match by suffix */
+        {"10.0.0.0/8", "10.1.2.3", false}, /* no CIDR */
+        {"10.0.0.1:8080", "10.0.0.1", true},
+        {"::1", "::1", true},
+        {"[::1]", "::1", true},
+        {"::1", "[::1]", true},
+        {"[::1]:8080", "[0:0::1]", true},
+        {"::2", "::1", false},
+        {"localhost,127.0.0.1,::1", "127.0.0.1", true},
+        {"localhost,127.0.0.1,::1", "localhost", true},
+        {"localhost,127.0.0.1,::1", "api.openai.com", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (httpc_no_proxy_match(cases[i].no_proxy, cases[i].host) != cases[i].want)
+            fail_msg("no_proxy \"%s\", host \"%s\": want %d",
+                     cases[i].no_proxy ? cases[i].no_proxy : "(null)", cases[i].host,
+                     cases[i].want);
+    }
+}
+
+static void test_parse_proxy_url(void **state)
+{
+    static const struct {
+        const char *url;
+        int rc;
+        const char *host;
+        uint16_t port;
+        const char *auth;
+    } cases[] = {
+        {"http://proxy.corp:3128", 0, "proxy.corp", 3128, ""},
+        {"http://proxy.corp", 0, "proxy.corp", 80, ""},
+        {"HTTP://proxy.corp:8080/", 0, "proxy.corp", 8080, ""},
+        {"proxy.corp:3128", 0, "proxy.corp", 3128, ""},
+        {"http://10.1.2.3:3128", 0, "10.1.2.3", 3128, ""},
+        {"http://[::1]:3128", 0, "::1", 3128, ""},
+        {"http://[2001:db8::7]", 0, "2001:db8::7", 80, ""},
+        {"http://user:pass@proxy:3128", 0, "proxy", 3128, "dXNlcjpwYXNz"},
+        {"http://us%65r:p%40ss%3Aword@proxy", 0, "proxy", 80, "dXNlcjpwQHNzOndvcmQ="},
+        {"http://user@proxy", 0, "proxy", 80, "dXNlcjo="},
+        {"http://user:p@ss@[::1]:3128", 0, "::1", 3128, "dXNlcjpwQHNz"},
+        {"https://proxy:443", -ENOTSUP, NULL, 0, NULL},
+        {"HTTPS://proxy", -ENOTSUP, NULL, 0, NULL},
+        {"socks5://proxy:1080", -ENOTSUP, NULL, 0, NULL},
+        {"", -EINVAL, NULL, 0, NULL},
+        {"http://", -EINVAL, NULL, 0, NULL},
+        {"://proxy", -EINVAL, NULL, 0, NULL},
+        {"1http://proxy", -EINVAL, NULL, 0, NULL},
+        {"http://:3128", -EINVAL, NULL, 0, NULL},
+        {"http://user:pass@", -EINVAL, NULL, 0, NULL},
+        {"http://proxy:", -EINVAL, NULL, 0, NULL},
+        {"http://proxy:0", -EINVAL, NULL, 0, NULL},
+        {"http://proxy:65536", -EINVAL, NULL, 0, NULL},
+        {"http://proxy:12ab", -EINVAL, NULL, 0, NULL},
+        {"http://proxy:3128:1", -EINVAL, NULL, 0, NULL},
+        {"http://pro xy", -EINVAL, NULL, 0, NULL},
+        {"not a url at all", -EINVAL, NULL, 0, NULL},
+        {"http://[::1:3128", -EINVAL, NULL, 0, NULL},
+        {"http://[::1]x", -EINVAL, NULL, 0, NULL},
+        {"http://[10.0.0.1]:80", -EINVAL, NULL, 0, NULL},
+        {"http://proxy/path", -EINVAL, NULL, 0, NULL},
+        {"http://proxy?x=1", -EINVAL, NULL, 0, NULL},
+        {"http://u:%zz@proxy", -EINVAL, NULL, 0, NULL},
+        {"http://u:%4@proxy", -EINVAL, NULL, 0, NULL},
+        {"http://u:%00@proxy", -EINVAL, NULL, 0, NULL},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char host[64] = "x", auth[64] = "x";
+        uint16_t port = 1;
+        int rc = httpc_parse_proxy_url(cases[i].url, host, sizeof(host), &port, auth, sizeof(auth));
+        if (rc != cases[i].rc)
+            fail_msg("\"%s\": rc %d, want %d", cases[i].url, rc, cases[i].rc);
+        if (rc != 0)
+            continue;
+        if (strcmp(host, cases[i].host) != 0 || port != cases[i].port ||
+            strcmp(auth, cases[i].auth) != 0)
+            fail_msg("\"%s\": got %s %u \"%s\"", cases[i].url, host, (unsigned)port, auth);
+    }
+    char small[4], auth[64], host[64];
+    uint16_t port;
+    assert_int_equal(
+        httpc_parse_proxy_url("http://proxy.corp", small, sizeof(small), &port, auth, sizeof(auth)),
+        -ENOSPC);
+    assert_int_equal(httpc_parse_proxy_url("http://user:pass@proxy", host, sizeof(host), &port,
+                                           small, sizeof(small)),
+                     -ENOSPC);
+}
+
 /* ---- the DNS cache alone ---- */
 
 typedef struct dns_probe {
@@ -648,6 +1055,18 @@ int main(void)
         cmocka_unit_test(test_abort_from_callbacks),
         cmocka_unit_test(test_pool_close_lets_calls_finish),
         cmocka_unit_test(test_localhost_resolves_through_cache),
+        cmocka_unit_test(test_proxy_tls_request),
+        cmocka_unit_test(test_proxy_tunnel_is_pooled),
+        cmocka_unit_test(test_proxy_auth),
+        cmocka_unit_test(test_proxy_down),
+        cmocka_unit_test(test_proxy_never_answers),
+        cmocka_unit_test(test_proxy_tls_timeout_after_tunnel),
+        cmocka_unit_test(test_proxy_bad_answers),
+        cmocka_unit_test(test_proxy_bytes_after_answer_kept),
+        cmocka_unit_test(test_proxy_and_direct_pools_apart),
+        cmocka_unit_test(test_proxy_target_checked),
+        cmocka_unit_test(test_no_proxy_match),
+        cmocka_unit_test(test_parse_proxy_url),
         cmocka_unit_test(test_dns_cache),
         cmocka_unit_test(test_dns_ttl_expiry),
     };
