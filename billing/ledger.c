@@ -206,6 +206,8 @@ int ledger_row_json(const ledger_row *r, const char *instance, buf *out)
     if (!rc)
         rc = json_i64_or_null(out, "ttft_us", r->ttft_us, r->ttft_us >= 0);
     if (!rc)
+        rc = json_i64_or_null(out, "attempts", r->attempts, true);
+    if (!rc)
         rc = json_str_or_null(out, "error", r->error, true);
     if (!rc)
         rc = buf_append_str(out, "}");

@@ -65,6 +65,7 @@ typedef struct ledger_row {
     const char *credential;   /* "config", "org", "team_byok", "key_byok" */
     int64_t latency_us;
     int64_t ttft_us;   /* < 0: no first byte */
+    int attempts;      /* upstream attempts (retries and fallbacks); 0: none was made */
     const char *error; /* why it failed, or NULL */
 } ledger_row;
 

@@ -1640,7 +1640,7 @@ static bool admin_auth(store *st, const config *cfg, http_req *req, char *actor,
         *role = TN_ROLE_OWNER;
         return true;
     }
-    const tn_admin *ak = tenants_admin(store_tenants(st), d);
+    const tn_admin *ak = st ? tenants_admin(store_tenants(st), d) : NULL;
     if (!ak || ak->blocked)
         return false;
     snprintf(actor, cap, "admin:%s", ak->name);
@@ -2208,6 +2208,13 @@ void admin_payment_webhook(store *st, const config *cfg, http_req *req)
     }
 out:
     json_decref(body);
+}
+
+bool admin_authorized(store *st, const config *cfg, http_req *req)
+{
+    char actor[256];
+    tn_role role;
+    return admin_auth(st, cfg, req, actor, sizeof(actor), &role);
 }
 
 void admin_handle(store *st, const config *cfg, http_req *req)

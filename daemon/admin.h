@@ -28,6 +28,11 @@
  * is the current config (the handler takes its own reference). */
 void admin_handle(store *st, const config *cfg, http_req *req);
 
+/* Does req carry the master key or an admin key (any role)? st may be
+ * NULL (DB-less: the master key only). For admin pages the gateway
+ * answers itself (GET /admin/providers/health). */
+bool admin_authorized(store *st, const config *cfg, http_req *req);
+
 /* GET /v1/usage: the calling key's own usage (key_id for a database key,
  * else its alias for a config key), the same report as GET /admin/usage
  * without the org and team dimensions. */

@@ -328,6 +328,20 @@ int config_provider_format(const config_provider *p)
     }
 }
 
+const char *config_provider_catalog(config_provider_type t)
+{
+    switch (t) {
+    case CONFIG_PROVIDER_OPENAI: return "openai";
+    case CONFIG_PROVIDER_FIREWORKS: return "fireworks";
+    case CONFIG_PROVIDER_OPENROUTER: return "openrouter";
+    case CONFIG_PROVIDER_TOGETHER: return "together";
+    case CONFIG_PROVIDER_HUGGINGFACE: return "huggingface";
+    case CONFIG_PROVIDER_ANTHROPIC: return "anthropic";
+    case CONFIG_PROVIDER_GEMINI: return "gemini";
+    default: return NULL;
+    }
+}
+
 const char *config_provider_type_name(config_provider_type type)
 {
     if ((unsigned)type >= CFG_ARRAY_LEN(cfg__presets))

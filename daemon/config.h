@@ -342,6 +342,9 @@ const config_provider *config_find_provider(const config *cfg, const char *name)
 
 /* The preset's lower-case name ("openai", "openai_compatible", ...). */
 const char *config_provider_type_name(config_provider_type type);
+/* The price catalog's name of a preset ("openai", ...); NULL for
+ * openai_compatible and mock. */
+const char *config_provider_catalog(config_provider_type type);
 /* The wire format a provider speaks (a chat_format_id of providers/chat.h):
  * the preset's, or mock.format for the mock. */
 int config_provider_format(const config_provider *p);

@@ -1,4 +1,5 @@
 /* gateway.c - the request path: route, authenticate, admit, relay, log. */
+#define _GNU_SOURCE /* memmem, strcasestr */
 #include "daemon/gateway.h"
 
 #include <errno.h>
@@ -25,6 +26,7 @@
 #include "daemon/httpc.h"
 #include "daemon/jobs.h"
 #include "daemon/leases.h"
+#include "daemon/routes.h"
 #include "daemon/ratelimit.h"
 #include "daemon/store.h"
 #include "daemon/tls.h"
@@ -65,6 +67,9 @@ struct gateway {
     tok_set toks;             /* tokenizer encodings (may be empty: estimates) */
     tok_work *work;           /* the loop's tokenizer scratch */
     price_table *prices;      /* provider price catalog, NULL when none loaded */
+    route_table *routes;      /* every alias's routes and their state (this config's) */
+    uv_timer_t retry_timer;   /* starts the next attempt of the calls in retries */
+    struct call *retries;     /* calls waiting to retry, soonest first */
     store *store;             /* PostgreSQL state and the tenancy cache; NULL in DB-less mode */
     ledger *ledger;           /* one row per call: spool, then the database */
     jobs *jobs;               /* jobs and the running-job cache */
@@ -115,6 +120,7 @@ enum call_phase {
     CALL_UPSTREAM,  /* waiting for the upstream's status line */
     CALL_STREAMING, /* relaying an SSE body */
     CALL_BUFFERING, /* collecting a non-stream (or error) body */
+    CALL_RETRY_WAIT, /* an attempt failed: waiting for the next one (gw->retries) */
     CALL_DONE,      /* finished; being freed */
 };
 
@@ -185,6 +191,19 @@ typedef struct call {
     rate_claim rclaim;             /* what it took of its rate limits */
     rate_wait *rwait;              /* waiting for a rate slice */
     int64_t t_wall_us;             /* wall-clock start (the ledger row's `at`) */
+    route_set *rs;                 /* the alias's routes and their state (own reference) */
+    uint32_t plan[RT_MAX_ROUTES];  /* the routes to try, best first */
+    size_t nplan, plan_pos;        /* plan[plan_pos] is the route in use */
+    unsigned route_tries;          /* attempts on that route */
+    unsigned attempts;             /* attempts on any route */
+    rt_attempt att;                /* the attempt in flight, when att_live */
+    bool att_live;
+    bool panic;                    /* every route's circuit was open: planned anyway */
+    bool creq_ready;               /* creq holds the decoded request */
+    uint64_t retry_until_ns;       /* no attempt starts after this */
+    uint64_t retry_at_ns;          /* CALL_RETRY_WAIT: when the next attempt starts */
+    struct call *retry_next;       /* gw->retries */
+    bool error_upstream;           /* error says how the upstream failed (not the client) */
 } call;
 
 /* ------------------------------------------------------------ responses */
@@ -285,25 +304,12 @@ static void call_free(call *c)
     chat_request_free(&c->creq);
     caller_release(&c->who);
     tn_unref(c->secret);
+    route_set_unref(c->rs);
     config_unref(c->cfg);
     c->gw->inflight--;
     free(c);
 }
 
-/* Catalog name of a provider preset (prices.json "provider"). */
-static const char *catalog_provider(config_provider_type t)
-{
-    switch (t) {
-    case CONFIG_PROVIDER_OPENAI: return "openai";
-    case CONFIG_PROVIDER_FIREWORKS: return "fireworks";
-    case CONFIG_PROVIDER_OPENROUTER: return "openrouter";
-    case CONFIG_PROVIDER_TOGETHER: return "together";
-    case CONFIG_PROVIDER_HUGGINGFACE: return "huggingface";
-    case CONFIG_PROVIDER_ANTHROPIC: return "anthropic";
-    case CONFIG_PROVIDER_GEMINI: return "gemini";
-    default: return NULL;
-    }
-}
 
 /* The provider's price for p's model: the admin API's (price_overrides)
  * over the shipped catalog's; a provider without a catalog name
@@ -311,7 +317,7 @@ static const char *catalog_provider(config_provider_type t)
  * Borrowed until the tenancy cache changes: use it at once. */
 static const price_entry *price_of(const gateway *gw, const config_provider *p, const char *model)
 {
-    const char *cp = catalog_provider(p->type);
+    const char *cp = config_provider_catalog(p->type);
     if (gw->store) {
         const tn_price *tp = tenants_price(store_tenants(gw->store), cp ? cp : p->name, model);
         if (tp)
@@ -386,8 +392,9 @@ static void call_usage_of(const call *c, call_usage *u)
 }
 
 /* x-tollgate-cost-usd (what the call is charged, when known: whole
- * answers) and x-tollgate-budget-remaining-usd (the tightest budget's
- * remainder at admission, for budgeted keys). */
+ * answers), x-tollgate-budget-remaining-usd (the tightest budget's
+ * remainder at admission, for budgeted keys), x-tollgate-route and
+ * x-tollgate-attempts. */
 static void money_headers(const call *c, const call_usage *u, char *out, size_t cap)
 {
     char m[MONEY_FMT_MAX];
@@ -399,8 +406,17 @@ static void money_headers(const call *c, const call_usage *u, char *out, size_t 
     }
     if (c->budget_left >= 0 && o < cap) {
         money_format(c->budget_left, m, sizeof m);
-        snprintf(out + o, cap - o, "x-tollgate-budget-remaining-usd: %s\r\n", m);
+        o += (size_t)snprintf(out + o, cap - o, "x-tollgate-budget-remaining-usd: %s\r\n", m);
     }
+    /* the route that answered and the attempts it took (a database
+     * alias's model name is checked: nothing below 0x20 goes in a header) */
+    const char *label = c->rs ? c->rs->labels[c->plan[c->plan_pos]] : NULL;
+    bool clean = label != NULL;
+    for (const char *p = label; clean && *p; p++)
+        clean = (unsigned char)*p >= 0x20 && *p != 0x7f;
+    if (clean && o < cap)
+        snprintf(out + o, cap - o, "x-tollgate-route: %s\r\nx-tollgate-attempts: %u\r\n", label,
+                 c->attempts);
 }
 
 static int append_money(buf *b, const char *name, int64_t nano)
@@ -455,6 +471,7 @@ static void call_ledger(call *c, const call_usage *u, int64_t latency_us, int64_
         .credential = c->credential ? c->credential : "config",
         .latency_us = latency_us,
         .ttft_us = ttft_us,
+        .attempts = (int)c->attempts,
         .error = c->error,
     };
     (void)ledger_append(gw->ledger, &r); /* past its bound it still keeps the row */
@@ -462,8 +479,12 @@ static void call_ledger(call *c, const call_usage *u, int64_t latency_us, int64_
 
 static int64_t call_credits(const call *c, int64_t price, int64_t tokens);
 
+static rt_outcome outcome_of(const call *c);
+static void call_attempt_end(call *c, rt_outcome o, const char *why);
+
 static void call_log(call *c)
 {
+    call_attempt_end(c, outcome_of(c), NULL);
     http_req *req = c->req;
     uint64_t now = clock_mono_ns();
     call_usage u;
@@ -495,8 +516,10 @@ static void call_log(call *c)
     if (!rc)
         rc = buf_append_json_escaped(&b, c->provider_model, strlen(c->provider_model));
     if (!rc)
+        rc = buf_printf(&b, "\",\"attempts\":%u", c->attempts);
+    if (!rc)
         rc = buf_printf(&b,
-                        "\",\"stream\":%s,\"status\":%d,\"upstream_status\":%d,"
+                        ",\"stream\":%s,\"status\":%d,\"upstream_status\":%d,"
                         "\"prompt_tokens\":%" PRId64 ",\"completion_tokens\":%" PRId64
                         ",\"cached_tokens\":%" PRId64 ",\"cache_write_tokens\":%" PRId64
                         ",\"usage_source\":\"%s\","
@@ -577,6 +600,8 @@ static const char *upstream_error_code(const char *err)
 }
 
 static void call_unclaim(call *c);
+static void retry_unlink(call *c);
+static bool call_retry(call *c, const char *why);
 
 static void call_on_abort(http_req *req, void *ud)
 {
@@ -589,6 +614,8 @@ static void call_on_abort(http_req *req, void *ud)
         call_free(c);
         return;
     }
+    if (c->phase == CALL_RETRY_WAIT)
+        retry_unlink(c);
     if (c->up) {
         upstream_abort(c->up); /* closes the upstream connection at once */
         c->up = NULL;
@@ -675,8 +702,10 @@ static void call_note_event(call *c, const chat_event *ev)
         break;
     case CHAT_EV_ERROR:
         c->stream_error = true;
-        if (!c->error)
+        if (!c->error) {
             c->error = "upstream sent an error event";
+            c->error_upstream = true;
+        }
         break;
     default:
         break;
@@ -793,7 +822,7 @@ static int call_on_head(upstream_call *up, int status, const upstream_header *hd
         c->status = 200;
         uint64_t now = clock_mono_ns();
         c->overhead_ns += now - t0;
-        char hdr[1400], extra[128];
+        char hdr[1800], extra[512];
         money_headers(c, NULL, extra, sizeof extra);
         snprintf(hdr, sizeof(hdr),
                  "Cache-Control: no-cache\r\nx-tollgate-overhead-us: %" PRIu64 "\r\n%s%s",
@@ -817,6 +846,7 @@ static int call_fail_inside(call *c, const char *why)
 {
     c->up = NULL;
     c->error = why;
+    c->error_upstream = true;
     http_req *r = c->req;
     if (c->phase == CALL_STREAMING) {
         stream_fail(c, why);
@@ -917,6 +947,7 @@ static void call_stream_finish(call *c)
     }
     if (!c->ended && !c->stream_error) {
         c->error = "upstream ended the stream before the answer's end";
+        c->error_upstream = true;
         log_info(c->req->request_id, "upstream %s: %s", c->prov->name, c->error);
         stream_fail(c, upstream_err_reset);
     }
@@ -954,6 +985,7 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
     if (c->phase == CALL_STREAMING) {
         if (err) {
             c->error = err;
+            c->error_upstream = true;
             log_info(req->request_id, "upstream %s: %s after %" PRIu64 " bytes", c->prov->name, err,
                      c->bytes_out);
             stream_fail(c, err);
@@ -968,8 +1000,13 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
         http_stream_end(r);
         return;
     }
+    if (err && c->phase == CALL_UPSTREAM && call_retry(c, err)) {
+        c->overhead_ns += clock_mono_ns() - t0;
+        return;
+    }
     if (err && c->phase == CALL_UPSTREAM) {
         c->error = err;
+        c->error_upstream = true;
         c->status = upstream_error_status(err);
         log_info(req->request_id, "upstream %s: %s", c->prov->name, err);
         c->overhead_ns += clock_mono_ns() - t0;
@@ -987,6 +1024,7 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
     if (err) {
         /* failed while buffering a non-stream body: nothing sent yet */
         c->error = err;
+        c->error_upstream = true;
         c->status = upstream_error_status(err);
         http_req *r = c->req;
         int st = c->status;
@@ -997,7 +1035,16 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
                       "upstream connection failed before the response completed: %s", err);
         return;
     }
-    /* a whole non-stream (or error) response */
+    /* a whole non-stream (or error) response; an overload or a server
+     * error goes to another attempt when one is left */
+    if (c->up_status == 429 || (c->up_status >= 500 && c->up_status != 501 && c->up_status != 505)) {
+        char why[48];
+        snprintf(why, sizeof why, "HTTP %d", c->up_status);
+        if (call_retry(c, why)) {
+            c->overhead_ns += clock_mono_ns() - t0;
+            return;
+        }
+    }
     c->status = c->up_status;
     buf body = c->resp; /* the bytes the caller gets, kept past call_end */
     buf_init(&c->resp, 0);
@@ -1070,7 +1117,7 @@ static void call_on_done(upstream_call *up, const char *err, void *ud)
     c->bytes_out = body.len;
     c->t_first_ns = clock_mono_ns();
     c->overhead_ns += c->t_first_ns - t0;
-    char hdr[1400], extra[128];
+    char hdr[1800], extra[512];
     call_usage u;
     call_usage_of(c, &u);
     money_headers(c, &u, extra, sizeof extra);
@@ -1183,6 +1230,8 @@ static bool authenticate(gateway *gw, http_req *req, const chat_format *fin, cal
 typedef struct model_pick {
     config_model model;       /* provider, provider model, customer price */
     const char *access_group; /* a database alias's group, or NULL */
+    const config_model *cfg_model; /* the config's alias, or NULL */
+    const tn_alias *db_alias;      /* the database's alias (borrowed), or NULL */
 } model_pick;
 
 /* Resolves info->model: the config's aliases first, then the database's.
@@ -1195,6 +1244,7 @@ static bool resolve_model(gateway *gw, const config *cfg, const char *name, size
     const config_model *m = config_find_model(cfg, name, len, pmodel);
     if (m) {
         out->model = *m;
+        out->cfg_model = m;
         return true;
     }
     if (!gw->store)
@@ -1220,6 +1270,7 @@ static bool resolve_model(gateway *gw, const config *cfg, const char *name, size
         }
         out->model.price.markup_bps = a->markup_bps;
         out->access_group = a->access_group;
+        out->db_alias = a;
         pmodel->p = a->routes[i].model;
         pmodel->len = strlen(a->routes[i].model);
         return true;
@@ -1340,6 +1391,8 @@ static int build_upstream_body(call *c, const slice *pmodel, chat_error *err)
 static int build_upstream_request(call *c, const slice *pmodel, chat_error *err)
 {
     const config_provider *p = c->prov;
+    buf_free(&c->up_body); /* an earlier attempt's */
+    buf_free(&c->up_head);
     buf_init(&c->up_body, GW_MAX_UPSTREAM_BODY);
     buf_init(&c->up_head, 64 * 1024);
     int rc = build_upstream_body(c, pmodel, err);
@@ -1686,6 +1739,292 @@ static int attach_job(gateway *gw, http_req *req, const chat_format *fin, const 
 }
 
 /* Admitted: builds the upstream request and starts the call. */
+/* ------------------------------------------------------------ routes */
+
+static void call_go(call *c);
+static void retry_fire(uv_timer_t *t);
+
+/* Can provider p serve this call's endpoint? Chat goes anywhere (formats
+ * are translated); completions and embeddings need an OpenAI-compatible
+ * provider (embeddings also Gemini). */
+static bool route_serves(const call *c, const config_provider *p)
+{
+    if (strcmp(c->endpoint, "/chat/completions") == 0 || c->fin->id != CHAT_FMT_OPENAI)
+        return true;
+    if (strcmp(c->endpoint, "/embeddings") == 0 && p->type == CONFIG_PROVIDER_GEMINI)
+        return true;
+    return config_provider_format(p) == CHAT_FMT_OPENAI && p->type != CONFIG_PROVIDER_MOCK;
+}
+
+/* Points the call at route i of its set: provider, model, formats and
+ * credential. -1 (err filled) when the request cannot go that way. */
+static int call_use_route(call *c, uint32_t i, chat_error *err)
+{
+    const config_route *r = &c->rs->routes[i];
+    c->prov = r->provider;
+    if (r->model) /* a wildcard alias keeps the name's rest */
+        snprintf(c->provider_model, sizeof(c->provider_model), "%s", r->model);
+    c->fup = chat_format_get((chat_format_id)config_provider_format(c->prov));
+    c->translate = c->fin != c->fup;
+    c->decode = c->translate || c->fin->id != CHAT_FMT_OPENAI;
+    c->embed = strcmp(c->endpoint, "/embeddings") == 0 && c->prov->type == CONFIG_PROVIDER_GEMINI;
+    if (c->translate && !c->embed && !c->creq_ready) {
+        /* an OpenAI body for another format: decoded after all */
+        http_req *req = c->req;
+        if (chat_request_init(&c->creq) != 0 ||
+            c->fin->req_decode(req->body.p, req->body.len, &c->creq, err) != 0) {
+            if (!err->status)
+                chat_error_invalid(err, NULL, "could not read the request");
+            return -1;
+        }
+        c->creq_ready = true;
+    }
+    if (c->secret) {
+        tn_unref(c->secret);
+        c->secret = NULL;
+    }
+    pick_credential(c->gw, c);
+    return 0;
+}
+
+/* The capabilities the request needs, from its body: a "tools" key,
+ * image parts, a response format. (A quoted key followed by ':' cannot
+ * occur inside a JSON string, where quotes are escaped.) */
+static bool body_has_key(const char *p, size_t n, const char *key)
+{
+    size_t kl = strlen(key);
+    for (const char *q = p; (q = memmem(q, n - (size_t)(q - p), key, kl)) != NULL; q += kl) {
+        const char *e = q + kl;
+        while (e < p + n && (*e == ' ' || *e == '\t' || *e == '\n' || *e == '\r'))
+            e++;
+        if (e < p + n && *e == ':')
+            return true;
+    }
+    return false;
+}
+
+static uint32_t call_caps(const call *c)
+{
+    const char *p = c->req->body.p;
+    size_t n = c->req->body.len;
+    uint32_t caps = 0;
+    if (!p || !n)
+        return 0;
+    if (body_has_key(p, n, "\"tools\"") || body_has_key(p, n, "\"functionDeclarations\""))
+        caps |= RT_CAP_TOOLS;
+    if (body_has_key(p, n, "\"image_url\"") || memmem(p, n, "\"type\":\"image\"", 14) ||
+        body_has_key(p, n, "\"inlineData\"") || body_has_key(p, n, "\"inline_data\""))
+        caps |= RT_CAP_IMAGES;
+    if (body_has_key(p, n, "\"response_format\"") || body_has_key(p, n, "\"responseMimeType\""))
+        caps |= RT_CAP_JSON;
+    return caps;
+}
+
+static int64_t call_max_output(const call *c);
+
+/* Plans the call over its alias's routes. 0, or the HTTP status and
+ * message of why no route can take it. */
+static int call_plan(call *c, char *msg, size_t cap)
+{
+    rt_need need = {
+        .prompt_tokens = c->prompt_est,
+        .max_output = (uint64_t)call_max_output(c),
+        .caps = call_caps(c),
+        .panic = true, /* a breaker never refuses what the providers might serve */
+    };
+    rt_why why = 0;
+    uint32_t order[RT_MAX_ROUTES];
+    size_t n = rt_plan(c->rs->grp, &need, clock_mono_ns(), order, RT_MAX_ROUTES, &why);
+    c->nplan = 0;
+    c->panic = why == RT_PANIC;
+    for (size_t i = 0; i < n; i++)
+        if (route_serves(c, c->rs->routes[order[i]].provider))
+            c->plan[c->nplan++] = order[i];
+    if (c->nplan)
+        return 0;
+    if (n || why == RT_NONE_FITS) {
+        snprintf(msg, cap,
+                 "No route of the model '%s' can serve this request (%s): it needs %" PRIu64
+                 " tokens of context with the output cap, or a capability (tools, images, "
+                 "json) that no route has.",
+                 c->rs->alias, n ? "endpoint" : "context or capabilities",
+                 need.prompt_tokens + need.max_output);
+        return 400;
+    }
+    /* (an open circuit never empties a plan: need.panic) */
+    snprintf(msg, cap, "Every route of the model '%s' is at its rate or concurrency limit.",
+             c->rs->alias);
+    return 429;
+}
+
+static rt_outcome outcome_of(const call *c)
+{
+    if (c->status == 499 && !c->error_upstream)
+        return RT_NEUTRAL;
+    if (c->up_status == 429 || c->up_status >= 500 || (c->error && c->error_upstream))
+        return RT_FAIL;
+    if (c->up_status >= 400)
+        return RT_NEUTRAL; /* the request's fault, not the route's */
+    return c->up_status ? RT_OK : RT_NEUTRAL;
+}
+
+/* The attempt in flight ended with outcome o. */
+static void call_attempt_end(call *c, rt_outcome o, const char *why)
+{
+    if (!c->att_live)
+        return;
+    uint64_t now = clock_mono_ns();
+    uint64_t total = now - c->t_upstream_ns;
+    uint64_t ttft = c->info.stream && c->t_first_ns > c->t_upstream_ns ? c->t_first_ns - c->t_upstream_ns : 0;
+    uint64_t tokens = (uint64_t)(c->have_usage && c->usage.prompt_tokens > 0 ? c->usage.prompt_tokens
+                                                                             : (int64_t)c->prompt_est) +
+                      meter_completion(&c->meter);
+    rt_attempt_end(c->rs->grp, &c->att, o, ttft, total, tokens, now);
+    uint32_t i = c->plan[c->plan_pos];
+    if (o == RT_FAIL)
+        route_note_failure(c->rs, i, why ? why : c->error, clock_wall_us());
+    else if (o == RT_OK)
+        route_note_latency(c->rs, i, total);
+    c->att_live = false;
+}
+
+/* ---- the retry list: calls waiting for their next attempt, soonest first */
+
+static void retry_arm(gateway *gw)
+{
+    if (!gw->retries || gw->closing) {
+        uv_timer_stop(&gw->retry_timer);
+        return;
+    }
+    uint64_t now = clock_mono_ns(), at = gw->retries->retry_at_ns;
+    uv_timer_start(&gw->retry_timer, retry_fire, at > now ? (at - now + 999999) / 1000000 : 0, 0);
+}
+
+static void retry_unlink(call *c)
+{
+    gateway *gw = c->gw;
+    for (call **pp = &gw->retries; *pp; pp = &(*pp)->retry_next) {
+        if (*pp == c) {
+            *pp = c->retry_next;
+            break;
+        }
+    }
+    c->retry_next = NULL;
+    retry_arm(gw);
+}
+
+static void retry_fire(uv_timer_t *t)
+{
+    gateway *gw = t->data;
+    uint64_t now = clock_mono_ns();
+    while (gw->retries && gw->retries->retry_at_ns <= now + 500000) {
+        call *c = gw->retries;
+        gw->retries = c->retry_next;
+        c->retry_next = NULL;
+        call_go(c);
+    }
+    retry_arm(gw);
+}
+
+static void retry_schedule(call *c, uint64_t delay_ns)
+{
+    gateway *gw = c->gw;
+    c->phase = CALL_RETRY_WAIT;
+    c->retry_at_ns = clock_mono_ns() + delay_ns;
+    call **pp = &gw->retries;
+    while (*pp && (*pp)->retry_at_ns <= c->retry_at_ns)
+        pp = &(*pp)->retry_next;
+    c->retry_next = *pp;
+    *pp = c;
+    retry_arm(gw);
+}
+
+/* "retry-after: N" (seconds) among the upstream headers kept; -1 none. */
+static int64_t retry_after_ms(const call *c)
+{
+    const char *h = c->up_headers;
+    for (const char *p = h; (p = strcasestr(p, "retry-after:")) != NULL; p += 12) {
+        if (p != h && p[-1] != '\n')
+            continue;
+        char *end;
+        double v = strtod(p + 12, &end);
+        if (end != p + 12 && v >= 0 && v < 86400)
+            return (int64_t)(v * 1000);
+    }
+    return -1;
+}
+
+/* An attempt failed before anything reached the client, in a way that
+ * is safe to try again (no answer, 429, 5xx, 529). Plans the next attempt:
+ * the same route after a backoff with full jitter (at least retry-after),
+ * while it has attempts left and the wait fits before retry_until; else
+ * the next route of the plan at once. True when one is scheduled; false
+ * leaves the call to fail as it would have. */
+static bool call_retry(call *c, const char *why)
+{
+    const config *cfg = c->cfg;
+    uint64_t now = clock_mono_ns();
+    call_attempt_end(c, RT_FAIL, why);
+    if (!c->req || c->gw->closing || now >= c->retry_until_ns)
+        return false;
+    int64_t ra = retry_after_ms(c);
+    uint64_t delay = 0;
+    rt_route_stats cur;
+    rt_route_stats_get(c->rs->grp, c->plan[c->plan_pos], now, &cur);
+    /* not again where the failure just opened the circuit (unless every
+     * route is open: then the plan is all there is) */
+    bool same = c->route_tries < cfg->routing.attempts && (cur.circuit == RT_CLOSED || c->panic);
+    if (same) {
+        uint64_t cap = (uint64_t)cfg->routing.backoff_ms << (c->route_tries - 1 < 20 ? c->route_tries - 1 : 20);
+        if (cap > cfg->routing.backoff_max_ms)
+            cap = cfg->routing.backoff_max_ms;
+        delay = (uint64_t)(((double)random() / RAND_MAX) * (double)cap * 1e6);
+        if (ra >= 0 && (uint64_t)ra * 1000000 > delay)
+            delay = (uint64_t)ra * 1000000;
+        same = now + delay < c->retry_until_ns;
+    }
+    if (!same) {
+        /* the next route of the plan whose circuit still lets calls by */
+        size_t next = c->plan_pos + 1;
+        for (; next < c->nplan; next++) {
+            rt_route_stats st;
+            rt_route_stats_get(c->rs->grp, c->plan[next], now, &st);
+            if (c->panic ||
+                (st.circuit != RT_OPEN && !(st.circuit == RT_HALF_OPEN && st.probe_in_flight)))
+                break;
+        }
+        if (next >= c->nplan)
+            return false;
+        chat_error ce;
+        memset(&ce, 0, sizeof ce);
+        c->plan_pos = next;
+        while (c->plan_pos < c->nplan && call_use_route(c, c->plan[c->plan_pos], &ce) != 0)
+            c->plan_pos++;
+        if (c->plan_pos >= c->nplan)
+            return false;
+        c->route_tries = 0;
+        delay = 0;
+    }
+    log_info(c->req->request_id, "upstream %s: %s; attempt %u next on %s in %" PRIu64 " ms",
+             c->prov->name, why, c->attempts + 1, c->rs->labels[c->plan[c->plan_pos]],
+             delay / 1000000);
+    /* forget the failed attempt's answer */
+    c->up_status = 0;
+    c->up_ctype[0] = '\0';
+    c->up_headers[0] = '\0';
+    buf_reset(&c->resp);
+    c->have_usage = false;
+    memset(&c->usage, 0, sizeof c->usage);
+    c->cache_write = 0;
+    c->sent = false;
+    c->error = NULL;
+    c->error_upstream = false;
+    c->req->app = c;
+    c->req->on_abort = call_on_abort;
+    retry_schedule(c, delay);
+    return true;
+}
+
 static void call_go(call *c)
 {
     uint64_t t0 = clock_mono_ns();
@@ -1716,6 +2055,11 @@ static void call_go(call *c)
     req->on_drain = call_on_drain;
     c->phase = CALL_UPSTREAM;
     c->t_upstream_ns = clock_mono_ns();
+    c->attempts++;
+    c->route_tries++;
+    rt_attempt_start(c->rs->grp, c->plan[c->plan_pos], c->prompt_est + (uint64_t)call_max_output(c),
+                     c->t_upstream_ns, &c->att);
+    c->att_live = true;
     int rc;
     if (c->prov->type == CONFIG_PROVIDER_MOCK) {
         rc = mock_call_start(gw->loop, &c->prov->mock, gateway_mock_state(gw, cfg, c->prov),
@@ -1745,8 +2089,11 @@ static void call_go(call *c)
     }
     c->overhead_ns += clock_mono_ns() - t0;
     c->sent = rc == 0;
+    if (rc != 0 && call_retry(c, "could not start the upstream call"))
+        return;
     if (rc != 0) {
         c->error = "could not start the upstream call";
+        c->error_upstream = true;
         c->status = 502;
         call_end(c);
         send_error_in(req, fin, 502, "upstream_error", "upstream_unavailable", NULL, NULL,
@@ -2281,20 +2628,37 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     meter_init(&c->meter, enc, gw->work);
     chat_error ce;
     memset(&ce, 0, sizeof ce);
-    if (chat && c->translate && fin->id == CHAT_FMT_OPENAI) {
-        /* an OpenAI body for another format: decoded after all */
-        if (chat_request_init(&c->creq) != 0 ||
-            fin->req_decode(req->body.p, req->body.len, &c->creq, &ce) != 0) {
-            if (!ce.status)
-                chat_error_invalid(&ce, NULL, "could not read the request");
-            goto refuse;
-        }
-    }
+    c->creq_ready = fin->id != CHAT_FMT_OPENAI; /* read_request decoded it */
     c->prompt_est = !chat ? prompt_tokens_of_input(enc, gw->work, &info.root)
                     : fin->id == CHAT_FMT_OPENAI
                         ? meter_prompt_openai(enc, gw->work, req->body.p, req->body.len)
                         : prompt_tokens_of(enc, gw->work, &c->creq);
-    pick_credential(gw, c);
+    /* the routes: the first of the plan, the others for retries */
+    c->rs = mp.cfg_model ? route_table_config(gw->routes, mp.cfg_model)
+            : mp.db_alias ? route_table_db(gw->routes, mp.db_alias)
+                          : NULL;
+    if (!c->rs) {
+        access_log_simple(req, 500, key->alias);
+        c->req = NULL;
+        call_free(c);
+        send_error_in(req, fin, 500, "server_error", NULL, NULL, NULL, "out of memory");
+        return;
+    }
+    char why[400];
+    int pst = call_plan(c, why, sizeof why);
+    if (pst) {
+        access_log_simple(req, pst, key->alias);
+        c->req = NULL;
+        call_free(c);
+        send_error_in(req, fin, pst,
+                      pst == 400 ? "invalid_request_error" : "rate_limit_error",
+                      pst == 400 ? "no_route_fits" : "no_route_available", NULL,
+                      pst == 400 ? NULL : "retry-after: 1\r\n", "%s", why);
+        return;
+    }
+    c->retry_until_ns = clock_mono_ns() + (uint64_t)cfg->routing.max_wait_ms * 1000000;
+    if (call_use_route(c, c->plan[0], &ce) != 0)
+        goto refuse;
     c->overhead_ns += clock_mono_ns() - t0;
     if (call_admit_limits(c) != 0)
         return; /* waiting for a rate slice or a lease, or refused */
@@ -2605,9 +2969,37 @@ static void jobs_notified(void *ud, const char *table, const char *id)
         jobs_forget(gw->jobs, id);
 }
 
+/* GET /admin/providers/health: every route's circuit, errors and
+ * latency on this instance (the admin API's keys). */
+static void handle_provider_health(gateway *gw, http_req *req)
+{
+    if (req->method != HTTP_GET) {
+        send_error(req, 405, "invalid_request_error", "method_not_allowed", NULL, "Allow: GET\r\n",
+                   "Use GET.");
+        return;
+    }
+    if (!admin_authorized(gw->store, gw->cfg, req)) {
+        send_error(req, 401, "invalid_request_error", "invalid_admin_key", NULL, NULL,
+                   "This page needs the master key or an admin key as 'Authorization: Bearer "
+                   "KEY'.");
+        return;
+    }
+    buf b;
+    buf_init(&b, 16u << 20);
+    if (route_table_health_json(gw->routes, clock_mono_ns(), &b) == 0)
+        http_respond(req, 200, "application/json", NULL, b.data, b.len);
+    else
+        send_error(req, 500, "server_error", NULL, NULL, NULL, "could not render the routes");
+    buf_free(&b);
+}
+
 static void on_request(http_req *req, void *ud)
 {
     gateway *gw = ud;
+    if (slice_eq(req->path, "/admin/providers/health")) {
+        handle_provider_health(gw, req);
+        return;
+    }
     if (req->path.len >= 7 && memcmp(req->path.p, "/admin/", 7) == 0) {
         admin_handle(gw->store, gw->cfg, req);
         return;
@@ -2836,6 +3228,12 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
     if (!gw->prices)
         log_warn(NULL, "price catalog not loaded (%s): costs only for models with a configured price",
                  pf ? err : "no catalog file found");
+    gw->routes = route_table_new(cfg, gw->prices);
+    if (!gw->routes || uv_timer_init(loop, &gw->retry_timer) != 0) {
+        gateway_free(gw);
+        return NULL;
+    }
+    gw->retry_timer.data = gw;
     if (cfg->database.url) {
         gw->store = store_new(loop, NULL, cfg, gateway_fatal, gw, err, sizeof err);
         if (!gw->store) {
@@ -2900,6 +3298,15 @@ void gateway_reload(gateway *gw, const config *cfg)
     http_limits l = limits_of(cfg);
     http_server_set_limits(gw->srv, &l);
     tls_prewarm(gw, cfg);
+    /* the routes of the new config, their state afresh (calls in flight
+     * keep their own sets) */
+    route_table *rt = route_table_new(cfg, gw->prices);
+    if (rt) {
+        route_table_free(gw->routes);
+        gw->routes = rt;
+    } else {
+        log_error(NULL, "reload: out of memory for the routes; keeping the old ones");
+    }
     if (gw->store)
         store_reconfigure(gw->store, cfg);
     config_unref(old);
@@ -2949,6 +3356,8 @@ void gateway_close(gateway *gw)
     gw->closing = true;
     http_server_close_all(gw->srv);
     httpc_pool_close(gw->pool);
+    if (gw->retry_timer.data)
+        uv_close((uv_handle_t *)&gw->retry_timer, NULL);
     if (gw->ledger)
         ledger_close(gw->ledger);
     if (gw->leases)
@@ -2979,6 +3388,7 @@ void gateway_free(gateway *gw)
     free(gw->mocks);
     tok_work_free(gw->work);
     tok_set_free(&gw->toks);
+    route_table_free(gw->routes);
     prices_free(gw->prices);
     ledger_free(gw->ledger);
     jobs_free(gw->jobs);

@@ -103,6 +103,9 @@ typedef struct row_req row_req;
     "requested_model, provider, provider_model, stream, status, upstream_status, prompt_tokens, " \
     "completion_tokens, cached_tokens, cache_write_tokens, usage_source, cost_nano, price_nano, "  \
     "credential, latency_us, ttft_us, error"
+/* rows spooled before migration 0008 have no attempts: one */
+#define LEDGER_INSERT_COLS LEDGER_COLS ", attempts"
+#define LEDGER_SELECT_COLS LEDGER_COLS ", coalesce(attempts, 1)"
 static const pg_stmt ledger_insert = {
     "tg_ledger_insert",
     "WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id text, at timestamptz, "
@@ -111,8 +114,8 @@ static const pg_stmt ledger_insert = {
     "stream boolean, status integer, upstream_status integer, prompt_tokens bigint, "
     "completion_tokens bigint, cached_tokens bigint, cache_write_tokens bigint, usage_source "
     "text, cost_nano bigint, price_nano bigint, credential text, latency_us bigint, ttft_us "
-    "bigint, error text)), "
-    "ins AS (INSERT INTO calls (" LEDGER_COLS ") SELECT " LEDGER_COLS " FROM r "
+    "bigint, error text, attempts smallint)), "
+    "ins AS (INSERT INTO calls (" LEDGER_INSERT_COLS ") SELECT " LEDGER_SELECT_COLS " FROM r "
     "ON CONFLICT (id, at) DO NOTHING RETURNING *), "
     "roll AS (INSERT INTO usage_daily AS u (day, org_id, team_id, key_id, key_alias, job_id, "
     "requested_model, provider, requests, errors, prompt_tokens, completion_tokens, "

@@ -103,6 +103,8 @@ const char *rt_why_name(rt_why w)
         return "every route's circuit is open";
     case RT_NONE_LIMITED:
         return "every route is at its concurrency or rate limit";
+    case RT_PANIC:
+        return "every route's circuit is open: tried anyway";
     }
     return "?";
 }
@@ -357,6 +359,20 @@ static size_t candidates(rt_group *g, const rt_need *need, uint64_t now, rt__key
         if (limited(r, now))
             continue;
         k[n++] = (rt__key){preference(g, r, need), r->spec.priority, (uint32_t)i};
+    }
+    if (n == 0 && fit && !through && need->panic) {
+        /* every route that fits is open: all of them, circuits ignored */
+        for (size_t i = 0; i < g->n; i++) {
+            rt__route *r = &g->routes[i];
+            if (fits(&r->spec, need) && !limited(r, now))
+                k[n++] = (rt__key){preference(g, r, need), r->spec.priority, (uint32_t)i};
+        }
+        if (n) {
+            *why = RT_PANIC;
+            return n;
+        }
+        *why = RT_NONE_LIMITED;
+        return 0;
     }
     if (n == 0)
         *why = !fit ? RT_NONE_FITS : !through ? RT_NONE_OPEN : RT_NONE_LIMITED;

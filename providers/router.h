@@ -132,6 +132,9 @@ typedef struct rt_need {
     uint64_t prompt_tokens; /* estimated prompt size */
     uint64_t max_output;    /* output cap asked for (or the default cap) */
     uint32_t caps;          /* RT_CAP_* the call uses */
+    bool panic;             /* when every route that fits has its circuit open: plan them
+                               anyway, circuits ignored (*why = RT_PANIC), so that a breaker
+                               never refuses what the providers might still serve */
 } rt_need;
 
 /* Why a plan is empty. */
@@ -139,6 +142,8 @@ typedef enum rt_why {
     RT_NONE_FITS = 1, /* no route has the capabilities or the context window */
     RT_NONE_OPEN,     /* every route that fits has its circuit open (or its probe out) */
     RT_NONE_LIMITED,  /* every such route is at max_concurrent, rpm or tpm */
+    RT_PANIC,         /* (a plan, not empty) every route that fits is open: need->panic
+                         planned them anyway */
 } rt_why;
 
 /* Short text for a why ("no route fits", ...), for error messages. */
@@ -146,7 +151,8 @@ const char *rt_why_name(rt_why w);
 
 /* The routes to try for a call, best first: writes up to cap route
  * indexes to order[] (RT_MAX_ROUTES always suffices; cap >= 1) and
- * returns how many. 0: none can serve, *why says which check left none.
+ * returns how many. 0: none can serve, *why says which check left none;
+ * a panic plan (need->panic) sets *why to RT_PANIC.
  * A weighted or least-latency plan counts as a pick (it advances the
  * round robin or the exploration counter) whether or not it is used. */
 size_t rt_plan(rt_group *g, const rt_need *need, uint64_t now_ns, uint32_t *order, size_t cap,

@@ -48,7 +48,7 @@ export function seededRandom(seed) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-const INT_OPTS = ['seed', 'min', 'max', 'delay', 'reset', 'close', 'stall', 'status', 'bytes', 'event', 'pausems'];
+const INT_OPTS = ['seed', 'min', 'max', 'delay', 'reset', 'close', 'stall', 'status', 'bytes', 'event', 'pausems', 'retryafter'];
 
 /**
  * Parses script options from `a=1&b=2` text. Unknown options are an error, so
@@ -479,6 +479,7 @@ export class MockUpstream extends EventEmitter {
     rec.sent = body;
     rec.outcome = 'streaming';
     if (script.cl) headers['content-length'] = String(body.length);
+    if (script.retryafter !== undefined) headers['retry-after'] = String(script.retryafter);
     res.writeHead(status, headers);
     res.flushHeaders();
     const rng = seededRandom(rec.seed ?? this.seed);

@@ -201,6 +201,7 @@ static ledger_row row_full(const char *id)
         .latency_us = 5555,
         .ttft_us = 0,
         .error = "upstream said \"no\"",
+        .attempts = 3,
     };
     return r;
 }
@@ -280,6 +281,7 @@ static const char *const COLUMNS[] = {
     "credential",
     "latency_us",
     "ttft_us",
+    "attempts",
     "error",
 };
 
@@ -724,6 +726,7 @@ static void test_row_json_fields(void **state)
     assert_int_equal(jint(o, "latency_us"), 5555);
     assert_int_equal(jint(o, "ttft_us"), 0); /* a first byte at once is not "none" */
     assert_string_equal(jstr(o, "error"), "upstream said \"no\"");
+    assert_int_equal(jint(o, "attempts"), 3);
     json_decref(o);
 
     /* absent fields: SQL NULL where the column is nullable, the documented

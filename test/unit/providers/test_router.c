@@ -653,6 +653,18 @@ static void test_why_open_and_limited(void **state)
     rt_attempt_start(g, 1, 0, now, &pb);
     assert_string_equal(plan_str(g, r, &small, now, &why), "");
     assert_int_equal(why, RT_NONE_OPEN); /* probes out count as open */
+    /* in panic, every route that is not at a limit goes (b has its one
+     * concurrent slot taken by its probe) */
+    rt_need panic = small;
+    panic.panic = true;
+    assert_string_equal(plan_str(g, r, &panic, now, &why), "a");
+    assert_int_equal(why, RT_PANIC);
+    /* a panic attempt is no probe and decides nothing */
+    rt_attempt pp;
+    rt_attempt_start(g, 0, 0, now, &pp);
+    assert_false(pp.probe);
+    rt_attempt_end(g, &pp, RT_OK, 0, MS, 0, now);
+    assert_int_equal(circuit(g, 0, now), RT_HALF_OPEN);
     rt_attempt_end(g, &pb, RT_OK, 0, MS, 0, now);
     /* b closed, but its one slot is taken by a new attempt */
     rt_attempt x;

@@ -1,0 +1,302 @@
+/* routes.c - the routes of every model alias, with their state (see
+ * routes.h). */
+#include "daemon/routes.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon/base/log.h"
+
+struct route_table {
+    const config *cfg;         /* own reference */
+    const price_table *prices; /* for lowest-cost without a route price; may be NULL */
+    route_set **by_model;      /* a set per cfg->models[i] */
+    route_set *db;             /* database aliases' sets, most recent first */
+};
+
+/* The catalog's rates of route r (its own price when given); -1 unknown. */
+static void route_rates(const route_table *t, const config_route *r, int64_t *in, int64_t *out)
+{
+    *in = *out = -1;
+    if (r->cost.given) {
+        *in = r->cost.input;
+        *out = r->cost.output;
+        return;
+    }
+    const char *cp = config_provider_catalog(r->provider->type);
+    const price_entry *pe = cp && t->prices && r->model ? prices_find(t->prices, cp, r->model) : NULL;
+    if (pe) {
+        *in = pe->input;
+        *out = pe->output;
+    }
+}
+
+static void set_free(route_set *s)
+{
+    rt_group_free(s->grp);
+    if (s->routes_own)
+        for (size_t i = 0; i < s->n; i++)
+            free((char *)s->routes_own[i].model);
+    free(s->routes_own);
+    free(s->health);
+    free(s->labels);
+    config_unref(s->cfg);
+    free(s);
+}
+
+/* A set over routes[0..n) (borrowed from cfg, or owned when own). */
+static route_set *set_new(const route_table *t, const char *alias, const config_route *routes,
+                          config_route *own, size_t n, rt_strategy strategy)
+{
+    route_set *s = calloc(1, sizeof(*s));
+    rt_route_spec specs[RT_MAX_ROUTES];
+    if (!s || n == 0 || n > RT_MAX_ROUTES)
+        goto fail;
+    s->refs = 1;
+    s->cfg = config_ref(t->cfg);
+    snprintf(s->alias, sizeof(s->alias), "%s", alias);
+    s->routes = routes;
+    s->routes_own = own;
+    s->n = n;
+    s->health = calloc(n, sizeof(*s->health));
+    s->labels = calloc(n, sizeof(*s->labels));
+    if (!s->health || !s->labels)
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        const config_route *r = &routes[i];
+        snprintf(s->labels[i], sizeof(s->labels[i]), "%s/%s", r->provider->name,
+                 r->model ? r->model : "*");
+        int64_t in, out;
+        route_rates(t, r, &in, &out);
+        specs[i] = (rt_route_spec){
+            .label = s->labels[i],
+            .weight = r->weight,
+            .priority = (int32_t)r->priority,
+            .price_in = in,
+            .price_out = out,
+            .context_tokens = r->context,
+            .caps = r->caps,
+            .max_concurrent = r->max_concurrent,
+            .rpm = r->rpm,
+            .tpm = r->tpm,
+        };
+    }
+    const config *c = t->cfg;
+    rt_breaker_opts b = {
+        .failures = c->routing.failures,
+        .window_ms = c->routing.window_ms,
+        .min_requests = c->routing.min_requests,
+        .error_pct = c->routing.error_pct,
+        .cooldown_ms = c->routing.cooldown_ms,
+        .probes = 1,
+    };
+    s->grp = rt_group_new(specs, n, strategy, &b);
+    if (!s->grp)
+        goto fail;
+    return s;
+fail:
+    if (s) {
+        s->routes_own = NULL; /* the caller frees what it passed */
+        if (s->cfg)
+            set_free(s);
+        else
+            free(s);
+    }
+    return NULL;
+}
+
+route_table *route_table_new(const config *cfg, const price_table *prices)
+{
+    route_table *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->cfg = config_ref(cfg);
+    t->prices = prices;
+    t->by_model = calloc(cfg->nmodels ? cfg->nmodels : 1, sizeof(*t->by_model));
+    if (!t->by_model) {
+        route_table_free(t);
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->nmodels; i++) {
+        const config_model *m = &cfg->models[i];
+        t->by_model[i] = set_new(t, m->name, m->routes, NULL, m->nroutes, m->strategy);
+        if (!t->by_model[i]) {
+            route_table_free(t);
+            return NULL;
+        }
+    }
+    return t;
+}
+
+void route_table_free(route_table *t)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; t->by_model && i < t->cfg->nmodels; i++)
+        if (t->by_model[i])
+            route_set_unref(t->by_model[i]);
+    free(t->by_model);
+    while (t->db) {
+        route_set *s = t->db;
+        t->db = s->next;
+        route_set_unref(s);
+    }
+    config_unref(t->cfg);
+    free(t);
+}
+
+route_set *route_set_ref(route_set *s)
+{
+    s->refs++;
+    return s;
+}
+
+void route_set_unref(route_set *s)
+{
+    if (s && --s->refs == 0)
+        set_free(s);
+}
+
+route_set *route_table_config(route_table *t, const config_model *m)
+{
+    if (m < t->cfg->models || m >= t->cfg->models + t->cfg->nmodels)
+        return NULL;
+    return route_set_ref(t->by_model[m - t->cfg->models]);
+}
+
+route_set *route_table_db(route_table *t, const tn_alias *a)
+{
+    route_set **pp = &t->db;
+    for (; *pp; pp = &(*pp)->next) {
+        route_set *s = *pp;
+        if (strcmp(s->db_id, a->e.id.s) != 0)
+            continue;
+        if (s->version == a->e.version)
+            return route_set_ref(s);
+        *pp = s->next; /* the alias changed: a new set replaces it */
+        route_set_unref(s);
+        break;
+    }
+    size_t n = 0;
+    config_route *own = calloc(a->nroutes ? a->nroutes : 1, sizeof(*own));
+    if (!own)
+        return NULL;
+    for (size_t i = 0; i < a->nroutes && n < RT_MAX_ROUTES; i++) {
+        const config_provider *p = config_find_provider(t->cfg, a->routes[i].provider);
+        if (!p)
+            continue;
+        own[n] = (config_route){
+            .provider = p,
+            .model = strdup(a->routes[i].model),
+            .weight = a->routes[i].weight,
+            .priority = a->routes[i].priority > 0 ? (uint32_t)a->routes[i].priority : 0,
+            .caps = CONFIG_CAP_ALL,
+        };
+        if (!own[n].model)
+            break;
+        n++;
+    }
+    route_set *s = n ? set_new(t, a->name, own, own, n, RT_PRIORITY) : NULL;
+    if (!s) {
+        for (size_t i = 0; i < n; i++)
+            free((char *)own[i].model);
+        free(own);
+        if (!n)
+            log_warn(NULL, "model alias '%s': no route names a configured provider", a->name);
+        return NULL;
+    }
+    s->db = true;
+    snprintf(s->db_id, sizeof(s->db_id), "%s", a->e.id.s);
+    s->version = a->e.version;
+    s->next = t->db;
+    t->db = s;
+    return route_set_ref(s);
+}
+
+void route_note_failure(route_set *s, uint32_t i, const char *why, int64_t now_us)
+{
+    if (i >= s->n)
+        return;
+    snprintf(s->health[i].last_error, sizeof(s->health[i].last_error), "%s", why ? why : "");
+    s->health[i].last_error_us = now_us;
+}
+
+void route_note_latency(route_set *s, uint32_t i, uint64_t total_ns)
+{
+    if (i >= s->n)
+        return;
+    uint64_t ms = total_ns / 1000000;
+    unsigned b = 0;
+    while (b + 1 < ROUTE_LAT_BUCKETS && ms >= (1ull << b))
+        b++;
+    s->health[i].lat[b]++;
+    s->health[i].lat_n++;
+}
+
+/* The upper bound (ms) of the bucket holding quantile q; -1 without samples. */
+static int64_t lat_quantile(const route_health *h, double q)
+{
+    if (!h->lat_n)
+        return -1;
+    uint64_t want = (uint64_t)(q * (double)h->lat_n + 0.999999), seen = 0;
+    for (unsigned b = 0; b < ROUTE_LAT_BUCKETS; b++) {
+        seen += h->lat[b];
+        if (seen >= want && seen)
+            return (int64_t)1 << b;
+    }
+    return (int64_t)1 << (ROUTE_LAT_BUCKETS - 1);
+}
+
+static int set_json(const route_set *s, uint64_t now_ns, bool *first, buf *out)
+{
+    int rc = 0;
+    for (size_t i = 0; i < s->n && !rc; i++) {
+        rt_route_stats st;
+        rt_route_stats_get(s->grp, (uint32_t)i, now_ns, &st);
+        const route_health *h = &s->health[i];
+        rc = buf_append_str(out, *first ? "{\"alias\":\"" : ",{\"alias\":\"");
+        *first = false;
+        if (!rc)
+            rc = buf_append_json_escaped(out, s->alias, strlen(s->alias));
+        if (!rc)
+            rc = buf_append_str(out, "\",\"route\":\"");
+        if (!rc)
+            rc = buf_append_json_escaped(out, s->labels[i], strlen(s->labels[i]));
+        if (!rc)
+            rc = buf_printf(out,
+                            "\",\"source\":\"%s\",\"circuit\":\"%s\",\"in_flight\":%u,"
+                            "\"requests\":%" PRIu64 ",\"failures\":%" PRIu64
+                            ",\"consecutive_failures\":%" PRIu64 ",\"ewma_ttft_ms\":%.1f,"
+                            "\"ewma_total_ms\":%.1f,\"latency_ms\":{\"p50\":%" PRId64
+                            ",\"p90\":%" PRId64 ",\"p99\":%" PRId64 "},\"last_error\":",
+                            s->db ? "database" : "config", rt_circuit_name(st.circuit),
+                            st.in_flight, st.requests, st.failures, st.consecutive_failures,
+                            st.ewma_ttft_ms, st.ewma_total_ms, lat_quantile(h, 0.5),
+                            lat_quantile(h, 0.9), lat_quantile(h, 0.99));
+        if (!rc && h->last_error[0]) {
+            rc = buf_append_str(out, "{\"message\":\"");
+            if (!rc)
+                rc = buf_append_json_escaped(out, h->last_error, strlen(h->last_error));
+            if (!rc)
+                rc = buf_printf(out, "\",\"at_us\":%" PRId64 "}}", h->last_error_us);
+        } else if (!rc) {
+            rc = buf_append_str(out, "null}");
+        }
+    }
+    return rc;
+}
+
+int route_table_health_json(route_table *t, uint64_t now_ns, buf *out)
+{
+    bool first = true;
+    int rc = buf_append_str(out, "{\"object\":\"list\",\"data\":[");
+    for (size_t i = 0; !rc && i < t->cfg->nmodels; i++)
+        rc = set_json(t->by_model[i], now_ns, &first, out);
+    for (const route_set *s = t->db; !rc && s; s = s->next)
+        rc = set_json(s, now_ns, &first, out);
+    if (!rc)
+        rc = buf_append_str(out, "]}");
+    return rc;
+}
