@@ -29,6 +29,7 @@
 #include <yaml.h>
 
 #include "daemon/base/log.h"
+#include "daemon/httpc.h"
 #include "providers/chat.h"
 
 #define CFG_PATH_MAX 256           /* longest key path kept for messages */
@@ -196,6 +197,8 @@ static const struct cfg__setting cfg__top[] = {
     {"budgets.alert_webhook", CFG_STR, TOP(budgets.alert_url_text), NULL, 0, 2048, 0},
     {"budgets.alert_webhook_secret", CFG_STR, TOP(budgets.alert_secret_text), NULL, 0, 255,
      CFG_SECRET},
+    {"proxy.url", CFG_STR, TOP(proxy_url), NULL, 0, 2048, CFG_SECRET},
+    {"proxy.no_proxy", CFG_STR, TOP(no_proxy), NULL, 0, 4096, 0},
     {"routing.retries.attempts", CFG_U32, TOP(routing.attempts), "2", 1, 10, 0},
     {"routing.retries.backoff", CFG_MS, TOP(routing.backoff_ms), "200ms", 1, 60000, 0},
     {"routing.retries.backoff_max", CFG_MS, TOP(routing.backoff_max_ms), "2s", 1, 600000, 0},
@@ -221,6 +224,7 @@ static const struct cfg__setting cfg__provider[] = {
     {"timeouts.first_byte", CFG_MS, PRV(timeouts.first_byte_ms), "120s", 1, CFG_DAY_MS, 0},
     {"timeouts.idle", CFG_MS, PRV(timeouts.idle_ms), "60s", 1, CFG_DAY_MS, 0},
     {"timeouts.total", CFG_MS, PRV(timeouts.total_ms), "600s", 1, CFG_DAY_MS, 0},
+    {"proxy", CFG_STR, PRV(proxy_url), NULL, 0, 2048, CFG_SECRET},
     {"pool.max_connections", CFG_U32, PRV(pool_max_connections), "256", 1, 65535, 0},
     {"pool.idle_timeout", CFG_MS, PRV(pool_idle_timeout_ms), "60s", 1, CFG_DAY_MS, 0},
     {"mock.latency", CFG_MS, PRV(mock.latency_ms), "0ms", 0, 3600000, CFG_MOCK},
@@ -1434,6 +1438,56 @@ out:
 }
 
 /* One providers[] item. */
+/* A proxy URL into p's proxy fields: 0 or httpc_parse_proxy_url's error. */
+static int cfg__proxy_parse(config_provider *p, const char *url)
+{
+    return httpc_parse_proxy_url(url, p->proxy_host, sizeof(p->proxy_host), &p->proxy_port,
+                                 p->proxy_auth, sizeof(p->proxy_auth));
+}
+
+static const char *cfg__proxy_why(int rc)
+{
+    return rc == -ENOTSUP ? "only http:// proxies are supported (CONNECT; TLS to the proxy is not)"
+                          : "not a proxy URL (http://[user:password@]host[:port])";
+}
+
+/* proxy.url (else $https_proxy / $HTTPS_PROXY) for every provider that
+ * names no proxy of its own, unless proxy.no_proxy (else $no_proxy /
+ * $NO_PROXY) lists its host. The URL itself is never echoed (it may hold
+ * a password). */
+static int ld__proxies(struct ld *ld, config *cfg, const struct ld__map *m)
+{
+    const char *url = cfg->proxy_url, *from = "proxy.url";
+    const char *np = cfg->no_proxy;
+    if (!url && ld->getenv_fn) {
+        from = "https_proxy (environment)";
+        url = ld->getenv_fn("https_proxy");
+        if (!url || !*url) {
+            from = "HTTPS_PROXY (environment)";
+            url = ld->getenv_fn("HTTPS_PROXY");
+        }
+    }
+    if (!np && ld->getenv_fn) {
+        np = ld->getenv_fn("no_proxy");
+        if (!np || !*np)
+            np = ld->getenv_fn("NO_PROXY");
+    }
+    if (!url || !*url)
+        return 0;
+    for (size_t i = 0; i < cfg->nproviders; i++) {
+        config_provider *p = (config_provider *)&cfg->providers[i];
+        if (p->proxy_url || p->type == CONFIG_PROVIDER_MOCK || !p->url.host ||
+            (np && httpc_no_proxy_match(np, p->url.host)))
+            continue;
+        int rc = cfg__proxy_parse(p, url);
+        if (rc && cfg->proxy_url)
+            return ld__fail_setting(ld, m, "proxy.url", "%s", cfg__proxy_why(rc));
+        if (rc)
+            return ld__fail(ld, m->map, "%s: %s", from, cfg__proxy_why(rc));
+    }
+    return 0;
+}
+
 static int ld__provider(struct ld *ld, config_provider *p, const yaml_node_t *item)
 {
     struct ld__map m = {
@@ -1450,6 +1504,9 @@ static int ld__provider(struct ld *ld, config_provider *p, const yaml_node_t *it
         return rc;
     if (m.extra_val[0] && (rc = ld__headers(ld, p, m.extra_val[0])) != 0)
         return rc;
+    if (p->proxy_url && strcmp(p->proxy_url, "direct") != 0 &&
+        (rc = cfg__proxy_parse(p, p->proxy_url)) != 0)
+        return ld__fail_setting(ld, &m, "proxy", "%s", cfg__proxy_why(rc));
     if (p->type == CONFIG_PROVIDER_MOCK) {
         if (p->base_url)
             return ld__fail_setting(ld, &m, "base_url", "not used by type mock");
@@ -2192,7 +2249,7 @@ static int ld__config(struct ld *ld, config *cfg, const yaml_node_t *root)
     mark = ld__push(ld, "providers", 9);
     rc = ld__providers(ld, cfg, m.extra_val[0], &pnames);
     ld__pop(ld, mark);
-    if (rc)
+    if (rc || (rc = ld__proxies(ld, cfg, &m)) != 0)
         goto out;
     mark = ld__push(ld, "models", 6);
     rc = ld__models(ld, cfg, m.extra_val[1], &pnames);

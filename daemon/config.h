@@ -99,6 +99,11 @@ typedef struct config_provider {
     const char *ca_file; /* extra CA bundle (PEM) added to CONFIG_SYSTEM_CA_FILE; NULL = none */
     bool tls_verify;     /* verify the chain and host name (https only) */
     config_provider_timeouts timeouts; /* upstream timeouts */
+    const char *proxy_url; /* proxy: this provider's egress proxy, "direct" = none; NULL =
+                              proxy.url (private: parsed into the fields below) */
+    char proxy_host[256];  /* the HTTP CONNECT proxy calls go through; "" = direct */
+    uint16_t proxy_port;
+    char proxy_auth[512];  /* base64 user:password for Proxy-Authorization; "" = none */
     uint32_t pool_max_connections;     /* cap on open upstream connections (per worker) */
     uint32_t pool_idle_timeout_ms;     /* close a pooled idle connection after this long */
     mock_options mock; /* mock behaviour; meaningful only for CONFIG_PROVIDER_MOCK */
@@ -228,6 +233,8 @@ typedef struct config {
         char alert_secret[256];      /* budgets.alert_webhook_secret: HMAC key of the alerts */
         size_t alert_secret_len;     /* 0 = alerts are not signed */
     } budgets;
+    const char *proxy_url; /* proxy.url (default $https_proxy): egress proxy of providers */
+    const char *no_proxy;  /* proxy.no_proxy (default $no_proxy): hosts reached directly */
     struct {
         uint32_t attempts;       /* routing.retries.attempts: tries per route before the next */
         uint32_t backoff_ms;     /* routing.retries.backoff: first retry's delay cap (doubles) */

@@ -2075,6 +2075,9 @@ static void call_go(call *c)
             .ca_file = p->ca_file,
             .max_connections = p->pool_max_connections,
             .idle_timeout_ms = p->pool_idle_timeout_ms,
+            .proxy_host = p->proxy_host[0] ? p->proxy_host : NULL,
+            .proxy_port = p->proxy_port,
+            .proxy_auth = p->proxy_auth[0] ? p->proxy_auth : NULL,
         };
         httpc_timeouts to = {
             .connect_ms = p->timeouts.connect_ms,

@@ -133,12 +133,23 @@ function binaryProblem() {
 }
 
 /** Runs `tollgate ARGS...` to completion: {code, signal, stdout, stderr}. */
+/**
+ * The environment tollgate runs with: this process's, without proxy
+ * settings (a CI machine's https_proxy would send the mock upstream's
+ * calls through it; tests that want one pass it in env).
+ */
+function childEnv(env) {
+  const out = { ...process.env };
+  for (const k of ['https_proxy', 'HTTPS_PROXY', 'http_proxy', 'HTTP_PROXY', 'no_proxy', 'NO_PROXY', 'all_proxy', 'ALL_PROXY']) delete out[k];
+  return { ...out, ...env };
+}
+
 export async function runTollgate(args, { timeoutMs = 10000, env = {} } = {}) {
   const problem = binaryProblem();
   if (problem) throw new Error(problem);
   // its own working directory: a daemon it starts keeps its spool there
   const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'tollgate-run-'));
-  const child = spawn(TOLLGATE_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, cwd });
+  const child = spawn(TOLLGATE_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv(env), cwd });
   live.add(child);
   let stdout = '';
   let stderr = '';
@@ -299,7 +310,7 @@ export async function startGateway(config, { env = {}, args = [], readyTimeoutMs
   gw.writeConfig(config);
   const child = spawn(TOLLGATE_BIN, ['--config', gw.configPath, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...env },
+    env: childEnv(env),
     cwd: gw.dir,
   });
   gw.proc = child;

@@ -393,7 +393,7 @@ static void test_errors_top_level(void **state)
     (void)state;
     fake_env = NULL;
     expect_error("listen: 127.0.0.1:8080\nlistn: x\n", "t.yaml:2: listn: unknown key",
-                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, database, secrets, admin, ledger, instance_id, billing, budgets, routing, providers", NULL);
+                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, database, secrets, admin, ledger, instance_id, billing, budgets, proxy, routing, providers", NULL);
     expect_error("log:\n  level: info\n  colour: true\n", "t.yaml:3: log.colour: unknown key",
                  "level, access", NULL);
     expect_error("timeouts.header: 5s\n", "t.yaml:1:", "unknown key", NULL);
@@ -1248,6 +1248,55 @@ static void test_model_routes(void **state)
     expect_error(y, "price.output", "needs both", NULL);
 }
 
+static void test_proxies(void **state)
+{
+    (void)state;
+    static const char provs[] =
+        "providers:\n"
+        "  - {name: a, type: openai, api_key: k}\n"
+        "  - {name: b, type: openai_compatible, base_url: \"https://llm.internal.example/v1\"}\n"
+        "  - {name: c, type: anthropic, api_key: k, proxy: \"http://u%40x:p%3Aw@10.0.0.9:3128\"}\n"
+        "  - {name: d, type: gemini, api_key: k, proxy: direct}\n"
+        "  - {name: m, type: mock}\n";
+    char y[2048];
+    /* from the environment, with no_proxy */
+    static const char *const env[] = {"https_proxy", "http://proxy.corp:8080", "NO_PROXY",
+                                      ".internal.example, localhost", NULL};
+    fake_env = env;
+    config *cfg = load_ok(provs);
+    const config_provider *a = config_find_provider(cfg, "a"), *b = config_find_provider(cfg, "b"),
+                          *c = config_find_provider(cfg, "c"), *d = config_find_provider(cfg, "d"),
+                          *m = config_find_provider(cfg, "m");
+    assert_string_equal(a->proxy_host, "proxy.corp");
+    assert_int_equal(a->proxy_port, 8080);
+    assert_string_equal(a->proxy_auth, "");
+    assert_string_equal(b->proxy_host, ""); /* no_proxy */
+    assert_string_equal(c->proxy_host, "10.0.0.9");
+    assert_int_equal(c->proxy_port, 3128);
+    assert_string_equal(c->proxy_auth, "dUB4OnA6dw=="); /* base64 "u@x:p:w" */
+    assert_string_equal(d->proxy_host, "");             /* direct */
+    assert_string_equal(m->proxy_host, "");
+    config_unref(cfg);
+    /* proxy.url wins over the environment */
+    snprintf(y, sizeof y, "proxy: {url: \"http://other:1\", no_proxy: \"api.openai.com\"}\n%s", provs);
+    cfg = load_ok(y);
+    assert_string_equal(config_find_provider(cfg, "a")->proxy_host, "");
+    assert_string_equal(config_find_provider(cfg, "b")->proxy_host, "other");
+    config_unref(cfg);
+    fake_env = NULL;
+    /* errors never echo the URL (a password may be in it) */
+    snprintf(y, sizeof y,
+             "providers:\n  - {name: a, type: openai, api_key: k, proxy: \"https://s3cret@p:1\"}\n");
+    expect_error(y, "proxy", "only http:// proxies", NULL);
+    snprintf(y, sizeof y, "proxy: {url: \"http://s3cret@:x\"}\nproviders:\n  - {name: a, type: openai}\n");
+    expect_error(y, "proxy.url", "not a proxy URL", NULL);
+    static const char *const bad_env[] = {"HTTPS_PROXY", "ftp://s3cret@p", NULL};
+    fake_env = bad_env;
+    expect_error("providers:\n  - {name: a, type: openai}\n", "HTTPS_PROXY (environment)",
+                 "only http://", NULL);
+    fake_env = NULL;
+}
+
 static void test_markup_parse(void **state)
 {
     (void)state;
@@ -1448,6 +1497,7 @@ int main(void)
         cmocka_unit_test(test_model_prices),
         cmocka_unit_test(test_markup_parse),
         cmocka_unit_test(test_model_routes),
+        cmocka_unit_test(test_proxies),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_database_and_secrets),
     };
