@@ -208,6 +208,7 @@ static const struct cfg__setting cfg__top[] = {
     {"routing.breaker.min_requests", CFG_U32, TOP(routing.min_requests), "20", 1, 1000000, 0},
     {"routing.breaker.error_rate", CFG_U32, TOP(routing.error_pct), "50", 1, 100, 0},
     {"routing.breaker.cooldown", CFG_MS, TOP(routing.cooldown_ms), "10s", 1, 3600000, 0},
+    {"routing.level_strategy", CFG_STR, TOP(routing.level_strategy_text), "lowest-cost", 0, 32, 0},
 };
 static const char *const cfg__top_extra[] = {"providers", "models", "keys"};
 
@@ -243,6 +244,7 @@ struct ld__model {
     const char *name;     /* alias */
     const char *provider; /* provider name (or routes) */
     const char *strategy; /* priority, weighted, least-latency, lowest-cost */
+    const char *level;    /* eco, balanced, precision */
     const char *model;    /* provider model name, NULL = name */
     const char *price[4]; /* price.input/output/cached_input/cache_write, decimal USD per 1M */
     const char *markup;   /* "20%": the customer price is the cost plus this */
@@ -253,6 +255,7 @@ static const struct cfg__setting cfg__model[] = {
     {"provider", CFG_NAME, MDL(provider), NULL, 0, 64, 0},
     {"model", CFG_STR, MDL(model), NULL, 0, 256, 0},
     {"strategy", CFG_STR, MDL(strategy), NULL, 0, 32, 0},
+    {"level", CFG_STR, MDL(level), NULL, 0, 16, 0},
     {"price.input", CFG_STR, MDL(price[0]), NULL, 0, 32, 0},
     {"price.output", CFG_STR, MDL(price[1]), NULL, 0, 32, 0},
     {"price.cached_input", CFG_STR, MDL(price[2]), NULL, 0, 32, 0},
@@ -292,6 +295,7 @@ struct ld__key {
     uint32_t rpm;           /* requests per minute */
     const char *max_budget; /* decimal USD */
     const char *duration;   /* budget_duration */
+    const char *level;      /* eco, balanced, precision */
 };
 #define KEY(f) offsetof(struct ld__key, f)
 static const struct cfg__setting cfg__key[] = {
@@ -299,6 +303,7 @@ static const struct cfg__setting cfg__key[] = {
     {"rpm", CFG_U32, KEY(rpm), "0", 0, 1000000000, 0},
     {"max_budget", CFG_STR, KEY(max_budget), NULL, 0, 32, 0},
     {"budget_duration", CFG_STR, KEY(duration), NULL, 0, 8, 0},
+    {"level", CFG_STR, KEY(level), NULL, 0, 16, 0},
 };
 static const char *const cfg__key_extra[] = {"key", "key_sha256", "models"};
 
@@ -1796,6 +1801,10 @@ static int ld__models(struct ld *ld, config *cfg, const yaml_node_t *seq,
             return ld__fail_setting(ld, &m, "markup",
                                     "not a markup: \"%s\" (a percentage with at most 2 decimals, "
                                     "e.g. \"20%%\" or \"7.5%%\")", t.markup);
+        if (t.level && !(mv[i].level = config_level_parse(t.level, strlen(t.level))))
+            return ld__fail_setting(ld, &m, "level", "one of eco, balanced, precision");
+        if (t.level && mv[i].wildcard)
+            return ld__fail_setting(ld, &m, "level", "a wildcard alias cannot be in a level");
         if (t.strategy && rt_strategy_parse(t.strategy, &mv[i].strategy) != 0)
             return ld__fail_setting(ld, &m, "strategy",
                                     "one of priority, weighted, least-latency, lowest-cost");
@@ -1923,6 +1932,21 @@ static void ld__wipe_node(yaml_node_t *n)
 }
 
 /* keys[i].key or keys[i].key_sha256 into k->sha256. */
+static const char *const cfg__levels[CONFIG_NLEVELS] = {"", "eco", "balanced", "precision"};
+
+const char *config_level_name(config_level l)
+{
+    return (unsigned)l < CONFIG_NLEVELS ? cfg__levels[l] : "";
+}
+
+config_level config_level_parse(const char *s, size_t len)
+{
+    for (int l = 1; l < CONFIG_NLEVELS; l++)
+        if (strlen(cfg__levels[l]) == len && memcmp(cfg__levels[l], s, len) == 0)
+            return (config_level)l;
+    return CONFIG_LEVEL_NONE;
+}
+
 int config_markup_parse(const char *s, int32_t *bps)
 {
     int64_t v = 0;
@@ -2062,6 +2086,10 @@ static int ld__key(struct ld *ld, const config *cfg, config_key *k, const yaml_n
         goto out;
     }
     k->budget_duration = t.duration;
+    if (t.level && !(k->level = config_level_parse(t.level, strlen(t.level)))) {
+        rc = ld__fail_setting(ld, &m, "level", "one of eco, balanced, precision");
+        goto out;
+    }
     config_key_budget_id(k->alias, k->budget_id);
     rc = ld__key_models(ld, cfg, k, m.extra_val[2]);
 out:
@@ -2251,6 +2279,11 @@ static int ld__config(struct ld *ld, config *cfg, const yaml_node_t *root)
     ld__pop(ld, mark);
     if (rc || (rc = ld__proxies(ld, cfg, &m)) != 0)
         goto out;
+    if (rt_strategy_parse(cfg->routing.level_strategy_text, &cfg->routing.level_strategy) != 0) {
+        rc = ld__fail_setting(ld, &m, "routing.level_strategy",
+                              "one of priority, weighted, least-latency, lowest-cost");
+        goto out;
+    }
     mark = ld__push(ld, "models", 6);
     rc = ld__models(ld, cfg, m.extra_val[1], &pnames);
     ld__pop(ld, mark);

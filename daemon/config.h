@@ -135,6 +135,19 @@ typedef struct config_route {
 
 #define CONFIG_MAX_ROUTES 16
 
+/* Power levels (models[].level, keys[].level): groups of aliases a call
+ * names as "eco", "balanced", "precision", or "auto" (the key's level). */
+typedef enum config_level {
+    CONFIG_LEVEL_NONE = 0,
+    CONFIG_LEVEL_ECO,
+    CONFIG_LEVEL_BALANCED,
+    CONFIG_LEVEL_PRECISION,
+    CONFIG_NLEVELS
+} config_level;
+const char *config_level_name(config_level l);
+/* "eco", "balanced", "precision" (exactly len bytes); CONFIG_LEVEL_NONE otherwise. */
+config_level config_level_parse(const char *s, size_t len);
+
 /* One model alias (models[]). */
 typedef struct config_model {
     const char *name; /* alias as written: "gpt-4o-mini", or a prefix and '*' */
@@ -145,6 +158,7 @@ typedef struct config_model {
     const config_route *routes; /* at least one; a wildcard alias has exactly one */
     size_t nroutes;
     rt_strategy strategy;       /* how a call picks among the routes (models[].strategy) */
+    config_level level;         /* models[].level: the power level it belongs to */
     struct {
         bool given;           /* price.* set: overrides the catalog */
         int64_t input;        /* nano-USD per 1M prompt tokens */
@@ -171,6 +185,7 @@ typedef struct config_key {
     uint32_t rpm;                      /* requests per minute; 0 = unlimited */
     int64_t max_budget_nano;           /* max_budget; -1 = none */
     const char *budget_duration;       /* budget_duration ("1d", "1mo"); NULL = never resets */
+    config_level level;                /* level: what "auto" means for it (none: balanced) */
     char budget_id[37]; /* with a database: the UUID of its budget (scope 'config'), derived
                            from the alias, so every instance names the same budget */
 } config_key;
@@ -245,6 +260,8 @@ typedef struct config {
         uint32_t min_requests;   /* routing.breaker.min_requests: the rate counts from this many */
         uint32_t error_pct;      /* routing.breaker.error_rate: percent of failures that opens */
         uint32_t cooldown_ms;    /* routing.breaker.cooldown: open -> half-open */
+        rt_strategy level_strategy; /* routing.level_strategy: the pick within a power level */
+        const char *level_strategy_text; /* private: as written */
     } routing;
     bool has_payment_secret;                 /* billing.payment_webhook_secret given */
     char payment_secret[256];                /* its bytes (HMAC key of the payment webhook) */

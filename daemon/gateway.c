@@ -1232,6 +1232,7 @@ typedef struct model_pick {
     const char *access_group; /* a database alias's group, or NULL */
     const config_model *cfg_model; /* the config's alias, or NULL */
     const tn_alias *db_alias;      /* the database's alias (borrowed), or NULL */
+    config_level level;            /* "auto" or a level's name: that power level */
 } model_pick;
 
 /* Resolves info->model: the config's aliases first, then the database's.
@@ -1277,6 +1278,27 @@ static bool resolve_model(gateway *gw, const config *cfg, const char *name, size
     }
     log_warn(NULL, "model alias '%s': no route names a configured provider", a->name);
     return false;
+}
+
+/* "auto" (the key's level, else balanced) or a level's name, when no
+ * alias has that name: the level's first route stands for the call until
+ * it is planned over all of them. False when it is no level, or empty. */
+static bool resolve_level(gateway *gw, const caller *who, const char *name, size_t len,
+                          slice *pmodel, model_pick *out)
+{
+    config_level l = config_level_parse(name, len);
+    if (!l && len == 4 && memcmp(name, "auto", 4) == 0)
+        l = who->ckey && who->ckey->level ? who->ckey->level : CONFIG_LEVEL_BALANCED;
+    route_set *s = l ? route_table_level(gw->routes, l) : NULL;
+    if (!s)
+        return false;
+    memset(out, 0, sizeof(*out));
+    out->model = *s->owners[0];
+    out->level = l;
+    pmodel->p = s->routes[0].model;
+    pmodel->len = strlen(s->routes[0].model);
+    route_set_unref(s); /* the table keeps it alive meanwhile */
+    return true;
 }
 
 /* The credential a call to provider p sends: the key's BYOK secret, else
@@ -1761,6 +1783,8 @@ static bool route_serves(const call *c, const config_provider *p)
 static int call_use_route(call *c, uint32_t i, chat_error *err)
 {
     const config_route *r = &c->rs->routes[i];
+    if (c->rs->owners) /* a power level: priced as the alias the route is of */
+        c->model_own = *c->rs->owners[i];
     c->prov = r->provider;
     if (r->model) /* a wildcard alias keeps the name's rest */
         snprintf(c->provider_model, sizeof(c->provider_model), "%s", r->model);
@@ -1837,9 +1861,13 @@ static int call_plan(call *c, char *msg, size_t cap)
     size_t n = rt_plan(c->rs->grp, &need, clock_mono_ns(), order, RT_MAX_ROUTES, &why);
     c->nplan = 0;
     c->panic = why == RT_PANIC;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        const config_model *owner = c->rs->owners ? c->rs->owners[order[i]] : NULL;
+        if (owner && !caller_allows(&c->who, owner->name, owner->len, NULL))
+            continue; /* a level's route of an alias this key may not use */
         if (route_serves(c, c->rs->routes[order[i]].provider))
             c->plan[c->nplan++] = order[i];
+    }
     if (c->nplan)
         return 0;
     if (n || why == RT_NONE_FITS) {
@@ -2532,7 +2560,8 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     }
     slice pmodel;
     model_pick mp;
-    if (!resolve_model(gw, cfg, info.model, info.model_len, &pmodel, &mp)) {
+    if (!resolve_model(gw, cfg, info.model, info.model_len, &pmodel, &mp) &&
+        !resolve_level(gw, &who, info.model, info.model_len, &pmodel, &mp)) {
         chat_request_free(&creq);
         access_log_simple(req, 404, key->alias);
         caller_release(&who);
@@ -2541,7 +2570,8 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
         return;
     }
     const config_model *m = &mp.model;
-    if (!caller_allows(key, info.model, info.model_len, mp.access_group)) {
+    /* a power level: each route's alias is checked when the call is planned */
+    if (!mp.level && !caller_allows(key, info.model, info.model_len, mp.access_group)) {
         chat_request_free(&creq);
         access_log_simple(req, 403, key->alias);
         caller_release(&who);
@@ -2637,8 +2667,9 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
                         ? meter_prompt_openai(enc, gw->work, req->body.p, req->body.len)
                         : prompt_tokens_of(enc, gw->work, &c->creq);
     /* the routes: the first of the plan, the others for retries */
-    c->rs = mp.cfg_model ? route_table_config(gw->routes, mp.cfg_model)
+    c->rs = mp.cfg_model  ? route_table_config(gw->routes, mp.cfg_model)
             : mp.db_alias ? route_table_db(gw->routes, mp.db_alias)
+            : mp.level    ? route_table_level(gw->routes, mp.level)
                           : NULL;
     if (!c->rs) {
         access_log_simple(req, 500, key->alias);

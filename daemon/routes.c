@@ -13,6 +13,7 @@ struct route_table {
     const config *cfg;         /* own reference */
     const price_table *prices; /* for lowest-cost without a route price; may be NULL */
     route_set **by_model;      /* a set per cfg->models[i] */
+    route_set *levels[CONFIG_NLEVELS]; /* a set per power level with aliases, else NULL */
     route_set *db;             /* database aliases' sets, most recent first */
 };
 
@@ -36,10 +37,11 @@ static void route_rates(const route_table *t, const config_route *r, int64_t *in
 static void set_free(route_set *s)
 {
     rt_group_free(s->grp);
-    if (s->routes_own)
+    if (s->routes_own && !s->level) /* database aliases' model names are copies */
         for (size_t i = 0; i < s->n; i++)
             free((char *)s->routes_own[i].model);
     free(s->routes_own);
+    free(s->owners);
     free(s->health);
     free(s->labels);
     config_unref(s->cfg);
@@ -107,6 +109,46 @@ fail:
     return NULL;
 }
 
+/* The set of level l over the routes of its aliases (0 when it has none). */
+static int level_new(route_table *t, config_level l)
+{
+    size_t n = 0;
+    const config *cfg = t->cfg;
+    for (size_t i = 0; i < cfg->nmodels; i++)
+        if (cfg->models[i].level == l)
+            n += cfg->models[i].nroutes;
+    if (!n)
+        return 0;
+    if (n > RT_MAX_ROUTES) {
+        log_warn(NULL, "level %s: %zu routes, only the first %d are used", config_level_name(l),
+                 n, RT_MAX_ROUTES);
+        n = RT_MAX_ROUTES;
+    }
+    config_route *own = calloc(n, sizeof(*own));
+    const config_model **owners = calloc(n, sizeof(*owners));
+    size_t k = 0;
+    for (size_t i = 0; own && owners && i < cfg->nmodels && k < n; i++) {
+        const config_model *m = &cfg->models[i];
+        for (size_t j = 0; m->level == l && j < m->nroutes && k < n; j++, k++) {
+            own[k] = m->routes[j];
+            owners[k] = m;
+        }
+    }
+    route_set *s = own && owners ? set_new(t, config_level_name(l), own, NULL, n,
+                                           cfg->routing.level_strategy)
+                                 : NULL;
+    if (!s) {
+        free(own);
+        free(owners);
+        return -1;
+    }
+    s->routes_own = own; /* the copies are owned; their model strings are the config's */
+    s->owners = owners;
+    s->level = true;
+    t->levels[l] = s;
+    return 0;
+}
+
 route_table *route_table_new(const config *cfg, const price_table *prices)
 {
     route_table *t = calloc(1, sizeof(*t));
@@ -127,6 +169,12 @@ route_table *route_table_new(const config *cfg, const price_table *prices)
             return NULL;
         }
     }
+    for (int l = CONFIG_LEVEL_ECO; l < CONFIG_NLEVELS; l++) {
+        if (level_new(t, (config_level)l) != 0) {
+            route_table_free(t);
+            return NULL;
+        }
+    }
     return t;
 }
 
@@ -138,6 +186,8 @@ void route_table_free(route_table *t)
         if (t->by_model[i])
             route_set_unref(t->by_model[i]);
     free(t->by_model);
+    for (int l = 0; l < CONFIG_NLEVELS; l++)
+        route_set_unref(t->levels[l]);
     while (t->db) {
         route_set *s = t->db;
         t->db = s->next;
@@ -164,6 +214,11 @@ route_set *route_table_config(route_table *t, const config_model *m)
     if (m < t->cfg->models || m >= t->cfg->models + t->cfg->nmodels)
         return NULL;
     return route_set_ref(t->by_model[m - t->cfg->models]);
+}
+
+route_set *route_table_level(route_table *t, config_level l)
+{
+    return (unsigned)l < CONFIG_NLEVELS && t->levels[l] ? route_set_ref(t->levels[l]) : NULL;
 }
 
 route_set *route_table_db(route_table *t, const tn_alias *a)
@@ -271,7 +326,8 @@ static int set_json(const route_set *s, uint64_t now_ns, bool *first, buf *out)
                             ",\"consecutive_failures\":%" PRIu64 ",\"ewma_ttft_ms\":%.1f,"
                             "\"ewma_total_ms\":%.1f,\"latency_ms\":{\"p50\":%" PRId64
                             ",\"p90\":%" PRId64 ",\"p99\":%" PRId64 "},\"last_error\":",
-                            s->db ? "database" : "config", rt_circuit_name(st.circuit),
+                            s->db ? "database" : s->level ? "level" : "config",
+                            rt_circuit_name(st.circuit),
                             st.in_flight, st.requests, st.failures, st.consecutive_failures,
                             st.ewma_ttft_ms, st.ewma_total_ms, lat_quantile(h, 0.5),
                             lat_quantile(h, 0.9), lat_quantile(h, 0.99));
@@ -294,6 +350,9 @@ int route_table_health_json(route_table *t, uint64_t now_ns, buf *out)
     int rc = buf_append_str(out, "{\"object\":\"list\",\"data\":[");
     for (size_t i = 0; !rc && i < t->cfg->nmodels; i++)
         rc = set_json(t->by_model[i], now_ns, &first, out);
+    for (int l = 0; !rc && l < CONFIG_NLEVELS; l++)
+        if (t->levels[l])
+            rc = set_json(t->levels[l], now_ns, &first, out);
     for (const route_set *s = t->db; !rc && s; s = s->next)
         rc = set_json(s, now_ns, &first, out);
     if (!rc)

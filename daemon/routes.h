@@ -5,7 +5,8 @@
  * A route_set is one alias's routes and its rt_group (strategy, circuit
  * breakers, latency averages, local limits), plus per route the last error
  * and a latency histogram for percentiles. Sets of config aliases are made
- * with the table (one per models[] entry, in file order); sets of database
+ * with the table (one per models[] entry, in file order, and one per
+ * power level over the routes of its aliases); sets of database
  * aliases when first used, and again when the alias changes (its version).
  * Sets are reference-counted: a call holds its set until it ends, so a
  * reload (a new table) or a changed alias never frees state a call still
@@ -36,6 +37,7 @@ typedef struct route_set {
     const config *cfg;           /* own reference: routes and providers live in it */
     char alias[201];             /* the alias's name */
     bool db;                     /* a database alias */
+    bool level;                  /* a power level's routes (owners says whose) */
     char db_id[37];              /* its id */
     int64_t version;             /* its version when built */
     const config_route *routes;  /* config: the alias's own; database: routes_own */
@@ -44,6 +46,7 @@ typedef struct route_set {
     rt_group *grp;
     route_health *health;        /* n entries */
     char (*labels)[320];         /* "provider/model" per route */
+    const config_model **owners; /* a power level's set: the alias each route is of */
     struct route_set *next;      /* the table's list */
 } route_set;
 
@@ -63,6 +66,9 @@ route_set *route_table_config(route_table *t, const config_model *m);
  * routes naming a provider the config lacks are left out (NULL when none
  * is left, or ENOMEM). A reference for the caller. */
 route_set *route_table_db(route_table *t, const tn_alias *a);
+/* The set of power level l: every route of the config aliases in it
+ * (routing.level_strategy), with a reference; NULL when none is in it. */
+route_set *route_table_level(route_table *t, config_level l);
 
 route_set *route_set_ref(route_set *s);
 void route_set_unref(route_set *s);

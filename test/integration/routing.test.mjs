@@ -262,3 +262,67 @@ describe('routing: retries, fallbacks, circuit breakers', () => {
     assert.deepEqual(gw.sanitizerReports(), []);
   });
 });
+
+/* ------------------------------------------------------ 5. power levels */
+
+describe('power levels: eco, balanced, precision and "auto"', () => {
+  let gw;
+  const PRECISE_KEY = 'tg-precise-key-0123456789abcdef';
+  before(async () => {
+    gw = await startGateway(baseConfig('https://127.0.0.1:9', (cfg) => {
+      cfg.providers.push({ name: 'm1', type: 'mock' }, { name: 'm2', type: 'mock' }, { name: 'm3', type: 'mock' });
+      cfg.models.push(
+        { name: 'eco-cheap', level: 'eco', routes: [{ provider: 'm1', model: 'tiny', capabilities: ['json'], price: { input: '0.05', output: '0.10' } }] },
+        { name: 'eco-tools', level: 'eco', routes: [{ provider: 'm2', model: 'small', capabilities: ['tools', 'json'], price: { input: '0.50', output: '1.00' } }] },
+        { name: 'precise', level: 'precision', price: { input: '9.00', output: '9.00' }, routes: [{ provider: 'm3', model: 'large', price: { input: '5', output: '15' } }] },
+      );
+      cfg.keys.push({ key: PRECISE_KEY, alias: 'precise-key', level: 'precision' });
+    }));
+  });
+  after(async () => {
+    await gw?.stop();
+  });
+
+  async function call(model, { key = KEY, tools = false } = {}) {
+    const id = newRequestId('level');
+    const body = { model, max_tokens: 8, messages: [{ role: 'user', content: 'Hi' }] };
+    if (tools) body.tools = [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }];
+    const r = await fetch(gw.url('/v1/chat/completions'), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json', 'x-request-id': id },
+      body: JSON.stringify(body),
+    });
+    const text = await r.text();
+    return { status: r.status, text, id, route: r.headers.get('x-tollgate-route') };
+  }
+
+  it('"eco" picks the cheapest route of the level that has what the request needs', T, async () => {
+    let r = await call('eco');
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.route, 'm1/tiny');
+    r = await call('eco', { tools: true });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.route, 'm2/small', 'the cheap route has no tools');
+    const line = await gw.accessLogFor(r.id);
+    assert.equal(line.model, 'eco');
+    assert.equal(line.provider_model, 'small');
+  });
+
+  it('"auto" is the key\'s level (balanced when it has none); priced as the alias that served', T, async () => {
+    let r = await call('auto', { key: PRECISE_KEY });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.route, 'm3/large');
+    const line = await gw.accessLogFor(r.id);
+    assert.equal(line.model, 'auto');
+    // the alias's own price (9 / 9 per 1M), not the route's cost
+    assert.equal(Number(line.price_usd) * 1e6 / (line.prompt_tokens + line.completion_tokens), 9);
+    // no alias is in "balanced": auto for a key without a level finds no model
+    r = await call('auto');
+    assert.equal(r.status, 404, r.text);
+  });
+
+  it('a virtual key cannot read the health page', T, async () => {
+    const r = await fetch(gw.url('/admin/providers/health'), { headers: { authorization: `Bearer ${KEY}` } });
+    assert.equal(r.status, 401, 'a virtual key is no admin key');
+  });
+});

@@ -585,7 +585,7 @@ static void test_errors_models_and_keys(void **state)
     expect_error(WITH("keys:\n  - {key: tg-one-0123456789abcdef, alias: a, models: mock-1}\n"),
                  "keys[0].models: expected a list of model aliases", NULL, NULL);
     expect_error(WITH("keys:\n  - {key: tg-one-0123456789abcdef, alias: a, secret: x}\n"),
-                 "t.yaml:4: keys[0].secret: unknown key", "alias, rpm, max_budget, budget_duration, key, key_sha256, models",
+                 "t.yaml:4: keys[0].secret: unknown key", "alias, rpm, max_budget, budget_duration, level, key, key_sha256, models",
                  NULL);
 #undef WITH
 }
@@ -1246,6 +1246,26 @@ static void test_model_routes(void **state)
     snprintf(y, sizeof y, "%s  - {name: c, routes: [{provider: p, model: m, price: {input: \"1\"}}]}\n",
              base);
     expect_error(y, "price.output", "needs both", NULL);
+
+    /* power levels */
+    snprintf(y, sizeof y,
+             "routing: {level_strategy: weighted}\n%s  - {name: e, provider: p, level: eco}\n"
+             "keys:\n  - {key: tg-level-key-0123456789abcdef, alias: k, level: precision}\n",
+             base);
+    cfg = load_ok(y);
+    assert_int_equal(config_find_model(cfg, "e", 1, NULL)->level, CONFIG_LEVEL_ECO);
+    assert_int_equal(cfg->keys[0].level, CONFIG_LEVEL_PRECISION);
+    assert_int_equal(cfg->routing.level_strategy, RT_WEIGHTED);
+    config_unref(cfg);
+    snprintf(y, sizeof y, "%s  - {name: e, provider: p, level: cheap}\n", base);
+    expect_error(y, "level", "eco, balanced, precision", NULL);
+    snprintf(y, sizeof y, "%s  - {name: \"e/*\", provider: p, level: eco}\n", base);
+    expect_error(y, "level", "wildcard", NULL);
+    snprintf(y, sizeof y, "routing: {level_strategy: random}\n%s  - {name: e, provider: p}\n", base);
+    expect_error(y, "routing.level_strategy", "lowest-cost", NULL);
+    assert_string_equal(config_level_name(CONFIG_LEVEL_BALANCED), "balanced");
+    assert_int_equal(config_level_parse("ecology", 3), CONFIG_LEVEL_ECO);
+    assert_int_equal(config_level_parse("ecology", 7), CONFIG_LEVEL_NONE);
 }
 
 static void test_proxies(void **state)
