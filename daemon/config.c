@@ -226,6 +226,8 @@ static const struct cfg__setting cfg__provider[] = {
     {"timeouts.idle", CFG_MS, PRV(timeouts.idle_ms), "60s", 1, CFG_DAY_MS, 0},
     {"timeouts.total", CFG_MS, PRV(timeouts.total_ms), "600s", 1, CFG_DAY_MS, 0},
     {"proxy", CFG_STR, PRV(proxy_url), NULL, 0, 2048, CFG_SECRET},
+    {"health_check.interval", CFG_MS, PRV(check_interval_ms), "0ms", 0, CFG_DAY_MS, 0},
+    {"health_check.timeout", CFG_MS, PRV(check_timeout_ms), "10s", 1, 600000, 0},
     {"pool.max_connections", CFG_U32, PRV(pool_max_connections), "256", 1, 65535, 0},
     {"pool.idle_timeout", CFG_MS, PRV(pool_idle_timeout_ms), "60s", 1, CFG_DAY_MS, 0},
     {"mock.latency", CFG_MS, PRV(mock.latency_ms), "0ms", 0, 3600000, CFG_MOCK},

@@ -104,6 +104,8 @@ typedef struct config_provider {
     char proxy_host[256];  /* the HTTP CONNECT proxy calls go through; "" = direct */
     uint16_t proxy_port;
     char proxy_auth[512];  /* base64 user:password for Proxy-Authorization; "" = none */
+    uint32_t check_interval_ms; /* health_check.interval: GET <base>/models this often; 0 = off */
+    uint32_t check_timeout_ms;  /* health_check.timeout */
     uint32_t pool_max_connections;     /* cap on open upstream connections (per worker) */
     uint32_t pool_idle_timeout_ms;     /* close a pooled idle connection after this long */
     mock_options mock; /* mock behaviour; meaningful only for CONFIG_PROVIDER_MOCK */

@@ -27,6 +27,7 @@
 #include "daemon/jobs.h"
 #include "daemon/leases.h"
 #include "daemon/routes.h"
+#include "daemon/checks.h"
 #include "daemon/ratelimit.h"
 #include "daemon/store.h"
 #include "daemon/tls.h"
@@ -68,6 +69,7 @@ struct gateway {
     tok_work *work;           /* the loop's tokenizer scratch */
     price_table *prices;      /* provider price catalog, NULL when none loaded */
     route_table *routes;      /* every alias's routes and their state (this config's) */
+    checks *checks;           /* active health checks of providers, NULL when none */
     uv_timer_t retry_timer;   /* starts the next attempt of the calls in retries */
     struct call *retries;     /* calls waiting to retry, soonest first */
     store *store;             /* PostgreSQL state and the tenancy cache; NULL in DB-less mode */
@@ -3020,7 +3022,16 @@ static void handle_provider_health(gateway *gw, http_req *req)
     }
     buf b;
     buf_init(&b, 16u << 20);
-    if (route_table_health_json(gw->routes, clock_mono_ns(), &b) == 0)
+    int rc = buf_append_str(&b, "{\"object\":\"providers.health\",\"routes\":[");
+    if (!rc)
+        rc = route_table_health_json(gw->routes, clock_mono_ns(), &b);
+    if (!rc)
+        rc = buf_append_str(&b, "],\"checks\":[");
+    if (!rc)
+        rc = checks_json(gw->checks, &b);
+    if (!rc)
+        rc = buf_append_str(&b, "]}");
+    if (!rc)
         http_respond(req, 200, "application/json", NULL, b.data, b.len);
     else
         send_error(req, 500, "server_error", NULL, NULL, NULL, "could not render the routes");
@@ -3268,6 +3279,7 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
         return NULL;
     }
     gw->retry_timer.data = gw;
+    gw->checks = checks_new(loop, gw->pool, cfg, &gw->routes);
     if (cfg->database.url) {
         gw->store = store_new(loop, NULL, cfg, gateway_fatal, gw, err, sizeof err);
         if (!gw->store) {
@@ -3338,6 +3350,8 @@ void gateway_reload(gateway *gw, const config *cfg)
     if (rt) {
         route_table_free(gw->routes);
         gw->routes = rt;
+        checks_close(gw->checks);
+        gw->checks = checks_new(gw->loop, gw->pool, cfg, &gw->routes);
     } else {
         log_error(NULL, "reload: out of memory for the routes; keeping the old ones");
     }
@@ -3389,6 +3403,8 @@ void gateway_close(gateway *gw)
         return;
     gw->closing = true;
     http_server_close_all(gw->srv);
+    checks_close(gw->checks); /* aborts its calls before the pool closes */
+    gw->checks = NULL;
     httpc_pool_close(gw->pool);
     if (gw->retry_timer.data)
         uv_close((uv_handle_t *)&gw->retry_timer, NULL);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/base/clock.h"
 #include "daemon/base/log.h"
 
 struct route_table {
@@ -344,10 +345,36 @@ static int set_json(const route_set *s, uint64_t now_ns, bool *first, buf *out)
     return rc;
 }
 
+static void set_feed(route_set *s, const config_provider *p, rt_outcome o, uint64_t latency_ns,
+                     const char *why)
+{
+    uint64_t now = clock_mono_ns();
+    for (size_t i = 0; s && i < s->n; i++) {
+        if (s->routes[i].provider != p)
+            continue;
+        rt_attempt a;
+        rt_attempt_start(s->grp, (uint32_t)i, 0, now - latency_ns, &a);
+        rt_attempt_end(s->grp, &a, o, 0, latency_ns, 0, now);
+        if (o == RT_FAIL)
+            route_note_failure(s, (uint32_t)i, why, clock_wall_us());
+    }
+}
+
+void route_table_feed(route_table *t, const config_provider *p, rt_outcome o, uint64_t latency_ns,
+                      const char *why)
+{
+    for (size_t i = 0; i < t->cfg->nmodels; i++)
+        set_feed(t->by_model[i], p, o, latency_ns, why);
+    for (int l = 0; l < CONFIG_NLEVELS; l++)
+        set_feed(t->levels[l], p, o, latency_ns, why);
+    for (route_set *s = t->db; s; s = s->next)
+        set_feed(s, p, o, latency_ns, why);
+}
+
 int route_table_health_json(route_table *t, uint64_t now_ns, buf *out)
 {
     bool first = true;
-    int rc = buf_append_str(out, "{\"object\":\"list\",\"data\":[");
+    int rc = 0;
     for (size_t i = 0; !rc && i < t->cfg->nmodels; i++)
         rc = set_json(t->by_model[i], now_ns, &first, out);
     for (int l = 0; !rc && l < CONFIG_NLEVELS; l++)
@@ -355,7 +382,5 @@ int route_table_health_json(route_table *t, uint64_t now_ns, buf *out)
             rc = set_json(t->levels[l], now_ns, &first, out);
     for (const route_set *s = t->db; !rc && s; s = s->next)
         rc = set_json(s, now_ns, &first, out);
-    if (!rc)
-        rc = buf_append_str(out, "]}");
     return rc;
 }

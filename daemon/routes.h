@@ -78,8 +78,14 @@ void route_set_unref(route_set *s);
 void route_note_failure(route_set *s, uint32_t i, const char *why, int64_t now_us);
 void route_note_latency(route_set *s, uint32_t i, uint64_t total_ns);
 
-/* GET /admin/providers/health: every route of every set in use, with its
- * circuit, last error, in-flight count, averages and p50/p90/p99. */
+/* An active health check of provider p ended (daemon/checks.h): fed to
+ * every route on p, in every set, as an attempt with outcome o. */
+void route_table_feed(route_table *t, const config_provider *p, rt_outcome o, uint64_t latency_ns,
+                      const char *why);
+
+/* For GET /admin/providers/health: every route of every set in use, with
+ * its circuit, last error, in-flight count, averages and p50/p90/p99, as
+ * JSON array members (no brackets). */
 int route_table_health_json(route_table *t, uint64_t now_ns, buf *out);
 
 #endif

@@ -186,7 +186,7 @@ describe('routing: retries, fallbacks, circuit breakers', () => {
   const health = async () => {
     const r = await fetch(gw.url('/admin/providers/health'), { headers: { authorization: `Bearer ${MASTER}` } });
     assert.equal(r.status, 200);
-    return (await r.json()).data;
+    return (await r.json()).routes;
   };
   const cbRoute = async () => (await health()).find((x) => x.alias === 'cb' && x.route.startsWith('up/openai/'));
 
@@ -324,5 +324,84 @@ describe('power levels: eco, balanced, precision and "auto"', () => {
   it('a virtual key cannot read the health page', T, async () => {
     const r = await fetch(gw.url('/admin/providers/health'), { headers: { authorization: `Bearer ${KEY}` } });
     assert.equal(r.status, 401, 'a virtual key is no admin key');
+  });
+});
+
+/* ------------------------------------------------ 6. active health checks */
+
+describe('active health checks', () => {
+  let up;
+  let flap;
+  let gw;
+  before(async () => {
+    up = await startUpstream();
+    flap = await startUpstream();
+    flap.modelsScript = 'status=503';
+    const down = await closedPort();
+    gw = await startGateway(baseConfig(up.baseUrl, (cfg) => {
+      const base = cfg.providers[0];
+      cfg.providers.push(
+        { ...base, name: 'chk-down', base_url: `https://127.0.0.1:${down}/v1`, health_check: { interval: '150ms', timeout: '1s' } },
+        { ...base, name: 'chk-flap', base_url: flap.baseUrl, health_check: { interval: '150ms', timeout: '1s' } },
+        { ...base, name: 'chk-up', health_check: { interval: '150ms' } },
+      );
+      cfg.routing = { breaker: { failures: 3, cooldown: '600ms' } };
+      cfg.admin = { master_key: MASTER };
+      cfg.models.push(
+        { name: 'hc', routes: [{ provider: 'chk-down', model: 'gpt-4o-mini' }, { provider: 'chk-up', model: 'gpt-4o-mini' }] },
+        { name: 'hf', routes: [{ provider: 'chk-flap', model: 'gpt-4o-mini' }, { provider: 'chk-up', model: 'gpt-4o-mini' }] },
+      );
+    }));
+  });
+  after(async () => {
+    await gw?.stop();
+    await up?.close();
+    await flap?.close();
+  });
+
+  const page = async () => {
+    const r = await fetch(gw.url('/admin/providers/health'), { headers: { authorization: `Bearer ${MASTER}` } });
+    return r.json();
+  };
+  const until = async (pred, ms, what) => {
+    const end = performance.now() + ms;
+    for (;;) {
+      const p = await page();
+      if (pred(p)) return p;
+      if (performance.now() > end) throw new Error(`${what}: ${JSON.stringify(p)}`);
+      await sleep(50);
+    }
+  };
+
+  it('failing checks open a route\'s circuit before any call meets it; calls go to the fallback at once', T, async () => {
+    const p = await until((x) => x.routes.find((r) => r.alias === 'hc' && r.route.startsWith('chk-down/'))?.circuit === 'open', 5000, 'hc circuit');
+    const chk = Object.fromEntries(p.checks.map((c) => [c.provider, c]));
+    assert.equal(chk['chk-down'].state, 'down');
+    assert.match(chk['chk-down'].last_error, /connect|refused/i);
+    assert.equal(chk['chk-up'].state, 'up');
+    assert.ok(chk['chk-up'].ok >= 1);
+    const r = await fetch(gw.url('/v1/chat/completions'), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'hc', max_tokens: 8, messages: [{ role: 'user', content: 'Hi' }] }),
+    });
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get('x-tollgate-attempts'), '1');
+    assert.equal(r.headers.get('x-tollgate-route'), 'chk-up/gpt-4o-mini');
+  });
+
+  it('a provider that recovers is closed again by the check after the cool-down, with no traffic', T, async () => {
+    await until((x) => x.routes.find((r) => r.alias === 'hf' && r.route.startsWith('chk-flap/'))?.circuit === 'open', 5000, 'hf open');
+    flap.modelsScript = null;
+    const p = await until((x) => x.routes.find((r) => r.alias === 'hf' && r.route.startsWith('chk-flap/'))?.circuit === 'closed', 5000, 'hf closed');
+    assert.equal(p.checks.find((c) => c.provider === 'chk-flap').state, 'up');
+    assert.ok(flap.requests.filter((q) => q.path === '/v1/models').length >= 4);
+    assert.equal(flap.requests.filter((q) => q.path !== '/v1/models').length, 0, 'no call was sent to find out');
+  });
+
+  it('clean exit', async () => {
+    const exit = await gw.stop();
+    assert.deepEqual(exit, { code: 0, signal: null });
+    assert.deepEqual(gw.sanitizerReports(), []);
   });
 });

@@ -4,6 +4,8 @@
 // to misbehave (reset, stall, flood, error status, slow first byte).
 //
 //   POST /v1/chat/completions                      OpenAI (Authorization: Bearer KEY)
+//   GET  /v1/models                                OpenAI's model list (`modelsScript`:
+//                                                  script options for it, e.g. "status=503")
 //   POST /v1/messages                              Anthropic (x-api-key: KEY, anthropic-version)
 //   POST /v1beta/models/MODEL:generateContent      Gemini (x-goog-api-key: KEY)
 //   POST /v1beta/models/MODEL:streamGenerateContent?alt=sse
@@ -360,6 +362,20 @@ export class MockUpstream extends EventEmitter {
         ? geminiError(400, 'INVALID_ARGUMENT', message)
         : openaiError(message, 'invalid_request_error', null, param));
 
+    if (!route && req.method === 'GET' && req.url === '/v1/models') {
+      // OpenAI's model list (a health check's cheap request)
+      if (req.headers.authorization !== `Bearer ${this.apiKey}`) {
+        return fail(401, fs.readFileSync(path.join(this.fixtures, 'openai', 'error_401.json')));
+      }
+      rec.fixture = 'openai/models_list_response.json';
+      const script = parseScript(req.headers['x-mock-script']);
+      if (this.modelsScript) Object.assign(script, parseScript(this.modelsScript));
+      rec.script = script;
+      if (script.hang) return;
+      if (script.delay) await sleep(script.delay);
+      return this.respond(rec, res, script.status ?? 200, { 'content-type': jsonType, ...idHeaders },
+        fs.readFileSync(path.join(this.fixtures, 'openai', 'models_list_response.json')), script);
+    }
     if (!route) {
       return fail(404, openaiError(`Invalid URL (${req.method} ${req.url})`, 'invalid_request_error', null));
     }
