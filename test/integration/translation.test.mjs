@@ -636,11 +636,11 @@ describe('OpenAI caller, Anthropic and Gemini upstreams', () => {
         if (model.startsWith('ge/')) assert.equal(err.headers.get('retry-after'), '36');
         return true;
       });
-      assert.equal(up.requests.length, n + 1, 'one upstream call');
+      assert.equal(up.requests.length, n + 2, 'the call and one retry (routing.retries.attempts: 2)');
     }
   });
 
-  it('Anthropic 529 overloaded becomes 503 (APIError status 503), not retried', T, async () => {
+  it('Anthropic 529 overloaded becomes 503 (APIError status 503) after one retry', T, async () => {
     const id = newRequestId('529');
     await assert.rejects(client.chat.completions.create({ model: 'an/anthropic/error_529_overloaded_error', messages }, { headers: { 'x-request-id': id } }), (err) => {
       assert.ok(err instanceof APIError && err instanceof InternalServerError, `got ${err?.constructor?.name}`);
@@ -648,7 +648,7 @@ describe('OpenAI caller, Anthropic and Gemini upstreams', () => {
       assert.equal(err.error.message, 'Overloaded');
       return true;
     });
-    assert.equal(up.requests.filter((r) => r.headers['x-request-id'] === id).length, 1);
+    assert.equal(up.requests.filter((r) => r.headers['x-request-id'] === id).length, 2, 'retried once, then relayed');
     const log = await gw.accessLogFor(id);
     assert.equal(log.status, 503);
     assert.equal(log.upstream_status, 529);
