@@ -120,18 +120,7 @@ static void check_start(check *c)
         check_result(c, false, "could not build the request");
         return;
     }
-    httpc_target t = {
-        .host = p->url.host,
-        .port = p->url.port,
-        .tls = p->url.tls,
-        .tls_verify = p->tls_verify,
-        .ca_file = p->ca_file,
-        .max_connections = p->pool_max_connections,
-        .idle_timeout_ms = p->pool_idle_timeout_ms,
-        .proxy_host = p->proxy_host[0] ? p->proxy_host : NULL,
-        .proxy_port = p->proxy_port,
-        .proxy_auth = p->proxy_auth[0] ? p->proxy_auth : NULL,
-    };
+    httpc_target t = route_target(p);
     uint32_t to = p->check_timeout_ms;
     httpc_timeouts tos = {to, to, to, to, to};
     uv_buf_t b = uv_buf_init(c->head.data, (unsigned)c->head.len);

@@ -2097,18 +2097,7 @@ static void call_go(call *c)
                              &c->up);
     } else {
         const config_provider *p = c->prov;
-        httpc_target t = {
-            .host = p->url.host,
-            .port = p->url.port,
-            .tls = p->url.tls,
-            .tls_verify = p->tls_verify,
-            .ca_file = p->ca_file,
-            .max_connections = p->pool_max_connections,
-            .idle_timeout_ms = p->pool_idle_timeout_ms,
-            .proxy_host = p->proxy_host[0] ? p->proxy_host : NULL,
-            .proxy_port = p->proxy_port,
-            .proxy_auth = p->proxy_auth[0] ? p->proxy_auth : NULL,
-        };
+        httpc_target t = route_target(p);
         httpc_timeouts to = {
             .connect_ms = p->timeouts.connect_ms,
             .tls_ms = p->timeouts.tls_ms,

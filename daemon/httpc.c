@@ -35,6 +35,7 @@
 #include <llhttp.h>
 #include <mbedtls/base64.h>
 
+#include "crypto/crypto.h"
 #include "daemon/base/log.h"
 #include "daemon/dns.h"
 #include "daemon/tls.h"
@@ -1729,17 +1730,6 @@ static bool hc__host_name(const char *p, size_t n)
     return true;
 }
 
-static int hc__hex(char c)
-{
-    if (hc__digit(c))
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Appends p[n] percent-decoded to dst at *len (dst has room for n more
  * bytes). -EINVAL on a bad escape or an encoded NUL. */
 static int hc__pct_decode(const char *p, size_t n, char *dst, size_t *len)
@@ -1749,11 +1739,10 @@ static int hc__pct_decode(const char *p, size_t n, char *dst, size_t *len)
             dst[(*len)++] = p[i];
             continue;
         }
-        int hi = i + 2 < n ? hc__hex(p[i + 1]) : -1;
-        int lo = i + 2 < n ? hc__hex(p[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+        uint8_t b;
+        if (i + 2 >= n || crypto_unhex(p + i + 1, 2, &b, 1) != 0 || b == 0)
             return -EINVAL;
-        dst[(*len)++] = (char)(hi * 16 + lo);
+        dst[(*len)++] = (char)b;
         i += 2;
     }
     return 0;

@@ -198,6 +198,22 @@ void route_table_free(route_table *t)
     free(t);
 }
 
+httpc_target route_target(const config_provider *p)
+{
+    return (httpc_target){
+        .host = p->url.host,
+        .port = p->url.port,
+        .tls = p->url.tls,
+        .tls_verify = p->tls_verify,
+        .ca_file = p->ca_file,
+        .max_connections = p->pool_max_connections,
+        .idle_timeout_ms = p->pool_idle_timeout_ms,
+        .proxy_host = p->proxy_host[0] ? p->proxy_host : NULL,
+        .proxy_port = p->proxy_port,
+        .proxy_auth = p->proxy_auth[0] ? p->proxy_auth : NULL,
+    };
+}
+
 route_set *route_set_ref(route_set *s)
 {
     s->refs++;

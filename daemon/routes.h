@@ -21,6 +21,7 @@
 #include "billing/tenants.h"
 #include "daemon/base/buf.h"
 #include "daemon/config.h"
+#include "daemon/httpc.h"
 #include "providers/router.h"
 
 #define ROUTE_LAT_BUCKETS 24 /* latency histogram: 1 ms doubling to ~2.3 h */
@@ -69,6 +70,9 @@ route_set *route_table_db(route_table *t, const tn_alias *a);
 /* The set of power level l: every route of the config aliases in it
  * (routing.level_strategy), with a reference; NULL when none is in it. */
 route_set *route_table_level(route_table *t, config_level l);
+
+/* Where calls to provider p go (host, TLS, pool limits, proxy). */
+httpc_target route_target(const config_provider *p);
 
 route_set *route_set_ref(route_set *s);
 void route_set_unref(route_set *s);
