@@ -2013,6 +2013,7 @@ static bool call_retry(call *c, const char *why)
             delay = (uint64_t)ra * 1000000;
         same = now + delay < c->retry_until_ns;
     }
+    route_note_retry(c->rs, c->plan[c->plan_pos], same);
     if (!same) {
         /* the next route of the plan whose circuit still lets calls by */
         size_t next = c->plan_pos + 1;
@@ -3027,9 +3028,32 @@ static void handle_provider_health(gateway *gw, http_req *req)
     buf_free(&b);
 }
 
+/* GET /metrics: the Prometheus text format. */
+static void handle_metrics(gateway *gw, http_req *req)
+{
+    buf b;
+    buf_init(&b, 64u << 20);
+    int rc = buf_printf(&b,
+                        "# HELP tollgate_build_info The running version.\n"
+                        "# TYPE tollgate_build_info gauge\n"
+                        "tollgate_build_info{version=\"%s\"} 1\n",
+                        tg_version);
+    if (!rc)
+        rc = route_table_metrics(gw->routes, clock_mono_ns(), &b);
+    if (!rc)
+        http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
+    else
+        send_error(req, 500, "server_error", NULL, NULL, NULL, "could not render the metrics");
+    buf_free(&b);
+}
+
 static void on_request(http_req *req, void *ud)
 {
     gateway *gw = ud;
+    if (slice_eq(req->path, "/metrics") && req->method == HTTP_GET) {
+        handle_metrics(gw, req);
+        return;
+    }
     if (slice_eq(req->path, "/admin/providers/health")) {
         handle_provider_health(gw, req);
         return;

@@ -307,6 +307,93 @@ void route_note_latency(route_set *s, uint32_t i, uint64_t total_ns)
     s->health[i].lat_n++;
 }
 
+void route_note_retry(route_set *s, uint32_t i, bool same)
+{
+    if (i >= s->n)
+        return;
+    if (same)
+        s->health[i].retries++;
+    else
+        s->health[i].fallbacks++;
+}
+
+/* A label value in the text format: \\, \" and \n escaped. */
+static int prom_label(buf *out, const char *v)
+{
+    int rc = 0;
+    for (const char *p = v; *p && !rc; p++) {
+        if (*p == '\\' || *p == '"')
+            rc = buf_printf(out, "\\%c", *p);
+        else if (*p == '\n')
+            rc = buf_append_str(out, "\\n");
+        else
+            rc = buf_append(out, p, 1);
+    }
+    return rc;
+}
+
+typedef enum { M_ATTEMPTS, M_RETRIES, M_FALLBACKS, M_CIRCUIT, M_INFLIGHT, M_N } metric;
+
+static const struct {
+    const char *name, *type, *help;
+} metrics[M_N] = {
+    {"tollgate_route_attempts_total", "counter",
+     "Upstream attempts by alias, route and outcome (ok, fail, neutral)."},
+    {"tollgate_route_retries_total", "counter", "Failed attempts tried again on the same route."},
+    {"tollgate_route_fallbacks_total", "counter",
+     "Failed attempts after which the call moved to another route."},
+    {"tollgate_route_circuit_state", "gauge", "Circuit breaker state: 0 closed, 1 half-open, 2 open."},
+    {"tollgate_route_in_flight", "gauge", "Attempts in flight on the route."},
+};
+
+static int set_metric(const route_set *s, metric m, uint64_t now_ns, buf *out)
+{
+    int rc = 0;
+    for (size_t i = 0; i < s->n && !rc; i++) {
+        rt_route_stats st;
+        rt_route_stats_get(s->grp, (uint32_t)i, now_ns, &st);
+        const route_health *h = &s->health[i];
+        uint64_t v[3] = {h->lat_n, st.failures, st.requests - h->lat_n - st.failures};
+        static const char *const outcome[3] = {"ok", "fail", "neutral"};
+        for (int k = 0; k < (m == M_ATTEMPTS ? 3 : 1) && !rc; k++) {
+            rc = buf_printf(out, "%s{alias=\"", metrics[m].name);
+            if (!rc)
+                rc = prom_label(out, s->alias);
+            if (!rc)
+                rc = buf_append_str(out, "\",route=\"");
+            if (!rc)
+                rc = prom_label(out, s->labels[i]);
+            if (!rc && m == M_ATTEMPTS)
+                rc = buf_printf(out, "\",outcome=\"%s", outcome[k]);
+            uint64_t val = m == M_ATTEMPTS    ? v[k]
+                           : m == M_RETRIES   ? h->retries
+                           : m == M_FALLBACKS ? h->fallbacks
+                           : m == M_CIRCUIT   ? (st.circuit == RT_OPEN ? 2 : st.circuit == RT_HALF_OPEN)
+                                              : st.in_flight;
+            if (!rc)
+                rc = buf_printf(out, "\"} %" PRIu64 "\n", val);
+        }
+    }
+    return rc;
+}
+
+int route_table_metrics(route_table *t, uint64_t now_ns, buf *out)
+{
+    int rc = 0;
+    for (int m = 0; m < M_N && !rc; m++) {
+        rc = buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", metrics[m].name, metrics[m].help,
+                        metrics[m].name, metrics[m].type);
+        for (size_t i = 0; !rc && i < t->cfg->nmodels; i++)
+            rc = set_metric(t->by_model[i], (metric)m, now_ns, out);
+        for (int l = 0; !rc && l < CONFIG_NLEVELS; l++)
+            if (t->levels[l])
+                rc = set_metric(t->levels[l], (metric)m, now_ns, out);
+        for (const route_set *s = t->db; !rc && s; s = s->next)
+            rc = set_metric(s, (metric)m, now_ns, out);
+    }
+    return rc;
+}
+
 /* The upper bound (ms) of the bucket holding quantile q; -1 without samples. */
 static int64_t lat_quantile(const route_health *h, double q)
 {

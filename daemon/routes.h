@@ -31,6 +31,8 @@ typedef struct route_health {
     int64_t last_error_us;                /* when (wall clock), 0 = never */
     uint64_t lat[ROUTE_LAT_BUCKETS];      /* successful attempts by total latency */
     uint64_t lat_n;
+    uint64_t retries;   /* failed attempts tried again on this route */
+    uint64_t fallbacks; /* failed attempts that moved the call to another route */
 } route_health;
 
 typedef struct route_set {
@@ -81,6 +83,14 @@ void route_set_unref(route_set *s);
  * success that took total_ns. */
 void route_note_failure(route_set *s, uint32_t i, const char *why, int64_t now_us);
 void route_note_latency(route_set *s, uint32_t i, uint64_t total_ns);
+
+/* A failed attempt on route i is tried again there (same) or moves on. */
+void route_note_retry(route_set *s, uint32_t i, bool same);
+
+/* For GET /metrics: per route, attempts by outcome, retries, fallbacks,
+ * circuit state and attempts in flight, in the Prometheus text format
+ * (HELP and TYPE lines included). */
+int route_table_metrics(route_table *t, uint64_t now_ns, buf *out);
 
 /* An active health check of provider p ended (daemon/checks.h): fed to
  * every route on p, in every set, as an attempt with outcome o. */

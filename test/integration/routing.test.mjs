@@ -155,6 +155,26 @@ describe('routing: retries, fallbacks, circuit breakers', () => {
     assert.ok(r.ms < 2500, `${r.ms} ms`);
   });
 
+  it('GET /metrics counts every attempt by route and outcome, retries and fallbacks', T, async () => {
+    const r = await fetch(gw.url('/metrics'));
+    assert.equal(r.status, 200);
+    assert.match(r.headers.get('content-type'), /^text\/plain; version=0\.0\.4/);
+    const text = await r.text();
+    const value = (line) => {
+      const m = text.split('\n').find((l) => l.startsWith(`${line} `));
+      assert.ok(m, `no sample ${line}`);
+      return Number(m.slice(line.length + 1));
+    };
+    const bad = 'alias="fb-500",route="up/openai/chat_completion_response?status=500"';
+    assert.equal(value(`tollgate_route_attempts_total{${bad},outcome="fail"}`), 2);
+    assert.equal(value(`tollgate_route_retries_total{${bad}}`), 1);
+    assert.equal(value(`tollgate_route_fallbacks_total{${bad}}`), 1);
+    assert.equal(value('tollgate_route_attempts_total{alias="fb-500",route="up/gpt-4o-mini",outcome="ok"}'), 1);
+    assert.equal(value(`tollgate_route_circuit_state{${bad}}`), 0);
+    assert.match(text, /^# TYPE tollgate_route_attempts_total counter$/m);
+    assert.match(text, /^tollgate_build_info\{version="[^"]+"\} 1$/m);
+  });
+
   /* ------------------------------------------------- 2. not safe: not retried */
 
   it('a 401 is not retried: the client gets it at once, the fallback is never called', T, async () => {
