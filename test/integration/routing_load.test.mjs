@@ -191,7 +191,7 @@ describe('routing strategies on the built-in mock', () => {
     const health = async () => {
       const r = await fetch(gw.url('/admin/providers/health'), { headers: { authorization: `Bearer ${MASTER}` } });
       assert.equal(r.status, 200);
-      const rows = (await r.json()).data.filter((x) => x.alias === 'cost');
+      const rows = (await r.json()).routes.filter((x) => x.alias === 'cost');
       return Object.fromEntries(rows.map((x) => [x.route, x.requests]));
     };
     const small = [];
