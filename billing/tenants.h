@@ -84,6 +84,7 @@ typedef struct tn_team {
     uint32_t rpm;                /* the team's requests per minute; 0 = unlimited */
     uint64_t tpm;                /* its tokens per minute; 0 = unlimited */
     int64_t credit_limit_nano;   /* how far below 0 its credits may go; -1 = not enforced */
+    uint8_t power_level;         /* its keys' "auto" (a config_level); 0 = none */
 } tn_team;
 
 typedef struct tn_key {
@@ -101,6 +102,7 @@ typedef struct tn_key {
     int64_t max_budget_nano;   /* -1 = none */
     const char *budget_duration; /* "30d", "1mo" or NULL */
     int64_t expires_us;        /* 0 = never; else microseconds since the epoch */
+    uint8_t power_level;       /* what "auto" means (a config_level); 0 = its team's */
     bool blocked;
 } tn_key;
 

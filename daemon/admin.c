@@ -107,6 +107,7 @@ typedef struct resource {
 static const char *const budget_modes[] = {"consumption_usd", "consumption_tokens", "job_based",
                                            NULL};
 static const char *const roles[] = {"owner", "admin", "viewer", NULL};
+static const char *const levels[] = {"eco", "balanced", "precision", NULL};
 
 static const afield org_fields[] = {
     {"name", NULL, FT_TEXT, AF_REQUIRED, 1, 200, NULL},
@@ -121,6 +122,7 @@ static const afield team_fields[] = {
     {"budget_mode", NULL, FT_ENUM, 0, 0, 0, budget_modes},
     {"tokens_per_credit", NULL, FT_INT, 0, 1, INT64_C(1000000000000), NULL},
     {"credit_limit", "credit_limit_nano", FT_USD, AF_NULL, 0, 0, NULL},
+    {"power_level", NULL, FT_ENUM, AF_NULL, 0, 0, levels},
     {"rpm", NULL, FT_INT, AF_NULL, 0, 1000000000, NULL},
     {"tpm", NULL, FT_INT, AF_NULL, 0, INT64_C(1000000000000), NULL},
     {"max_budget", "max_budget_nano", FT_USD, AF_NULL, 0, 0, NULL},
@@ -147,6 +149,7 @@ static const afield key_fields[] = {
     {"budget_duration", NULL, FT_DURATION, AF_NULL, 0, 0, NULL},
     {"expires_at", NULL, FT_TIME, AF_NULL, 0, 0, NULL},
     {"blocked", NULL, FT_BOOL, 0, 0, 0, NULL},
+    {"power_level", NULL, FT_ENUM, AF_NULL, 0, 0, levels},
     {"metadata", NULL, FT_OBJECT, 0, 0, 0, NULL},
 };
 static const afield key_filters[] = {
@@ -240,13 +243,13 @@ static const resource resources[] = {
      "id, org_id, name, status, budget_mode, tokens_per_credit, "
      "tollgate_usd(credit_balance_nano) AS credit_balance, tollgate_usd(credit_limit_nano) AS "
      "credit_limit, tollgate_usd(max_budget_nano) AS "
-     "max_budget, budget_duration, rpm, tpm, metadata, " TS,
+     "max_budget, budget_duration, rpm, tpm, power_level, metadata, " TS,
      team_fields, N(team_fields), team_filters, N(team_filters), team_actions, N(team_actions),
      "created_at, id", "id", TN_TEAM, 0, NULL},
     {"keys", "virtual_keys", "key",
      "id, key_prefix, alias, team_id, models, access_groups, rpm, tpm, "
      "tollgate_usd(max_budget_nano) AS max_budget, budget_duration, budget_reset_at, expires_at, "
-     "blocked, metadata, " TS,
+     "blocked, power_level, metadata, " TS,
      key_fields, N(key_fields), key_filters, N(key_filters), key_actions, N(key_actions),
      "created_at, id", "id", TN_KEY, R_KEYGEN, "tg-"},
     {"model-aliases", "model_aliases", "model alias",

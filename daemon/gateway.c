@@ -1289,8 +1289,13 @@ static bool resolve_level(gateway *gw, const caller *who, const char *name, size
                           slice *pmodel, model_pick *out)
 {
     config_level l = config_level_parse(name, len);
-    if (!l && len == 4 && memcmp(name, "auto", 4) == 0)
-        l = who->ckey && who->ckey->level ? who->ckey->level : CONFIG_LEVEL_BALANCED;
+    if (!l && len == 4 && memcmp(name, "auto", 4) == 0) {
+        /* the key's level, else its team's, else balanced */
+        l = who->ckey && who->ckey->level               ? who->ckey->level
+            : who->key && who->key->power_level         ? (config_level)who->key->power_level
+            : who->team && who->team->power_level       ? (config_level)who->team->power_level
+                                                        : CONFIG_LEVEL_BALANCED;
+    }
     route_set *s = l ? route_table_level(gw->routes, l) : NULL;
     if (!s)
         return false;

@@ -37,13 +37,13 @@ static const char *const kind_select[TN_NKINDS] = {
     [TN_TEAM] =
         "SELECT t.id, t.org_id, t.name, t.status, t.budget_mode, t.tokens_per_credit, "
         "(extract(epoch from t.updated_at) * 1000000)::bigint, t.max_budget_nano, "
-        "o.max_budget_nano, t.rpm, t.tpm, t.credit_limit_nano "
+        "o.max_budget_nano, t.rpm, t.tpm, t.credit_limit_nano, t.power_level "
         "FROM teams t JOIN organizations o ON o.id = t.org_id",
     [TN_KEY] = "SELECT id, encode(key_hash, 'hex'), key_prefix, alias, team_id, "
                "array_to_json(models)::text, array_to_json(access_groups)::text, rpm, tpm, "
                "max_budget_nano, budget_duration, "
                "(extract(epoch from expires_at) * 1000000)::bigint, blocked, " VERSION_COL
-               " FROM virtual_keys",
+               ", power_level FROM virtual_keys",
     [TN_ALIAS] = "SELECT id, name, routes::text, access_group, price_input_nano, "
                  "price_output_nano, price_cached_nano, " VERSION_COL
                  ", markup_bps FROM model_aliases",
@@ -274,6 +274,12 @@ static const char *const *json_strings(bump *b, const json_t *a, size_t *n)
     return out;
 }
 
+/* A power_level column as a config_level (0: none). */
+static uint8_t level_of(const char *v)
+{
+    return v ? (uint8_t)config_level_parse(v, strlen(v)) : 0;
+}
+
 static tn_entry *parse_team(const PGresult *r, int i)
 {
     const char *name = val(r, i, 2);
@@ -297,6 +303,7 @@ static tn_entry *parse_team(const PGresult *r, int i)
     t->rpm = (uint32_t)val_i64(r, i, 9, 0);
     t->tpm = (uint64_t)val_i64(r, i, 10, 0);
     t->credit_limit_nano = val_i64(r, i, 11, -1);
+    t->power_level = level_of(val(r, i, 12));
     return e;
 }
 
@@ -334,6 +341,7 @@ static tn_entry *parse_key(const PGresult *r, int i)
     k->expires_us = val_i64(r, i, 11, 0);
     k->blocked = val_bool(r, i, 12);
     e->version = val_i64(r, i, 13, 0);
+    k->power_level = level_of(val(r, i, 14));
 out:
     json_decref(models);
     json_decref(groups);
