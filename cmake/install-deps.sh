@@ -6,7 +6,7 @@
 set -euo pipefail
 mode=${1:-run}
 
-pkgs=(build-essential cmake pkg-config ca-certificates openssl
+pkgs=(build-essential cmake pkg-config ca-certificates openssl curl python3
       libuv1-dev libmbedtls-dev node-llhttp libjansson-dev libjsmn-dev
       libyaml-dev libpq-dev libpcre2-dev)
 case "$mode" in

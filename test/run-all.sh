@@ -23,3 +23,12 @@ echo "== integration tests"
 (cd test/integration && npm ci --no-audit --no-fund --loglevel=error)
 TOLLGATE_BIN="$build/tollgate" node --test --test-concurrency=1 --test-timeout=120000 \
   test/integration/
+
+echo "== release build and install (the Dockerfile's build steps: cmake/build.sh)"
+prefix=$(mktemp -d /tmp/tollgate-prefix.XXXXXX)
+bash cmake/build.sh --prefix "$prefix" --check
+# the compose example's config stays loadable
+TOLLGATE_INSTANCE=ci TOLLGATE_SECRET_KEY=$("$prefix/bin/tollgate" keygen) \
+  TOLLGATE_MASTER_KEY=tg-ci-master-key-0123456789abcdef \
+  "$prefix/bin/tollgate" check-config examples/compose/tollgate.yaml
+rm -rf "$prefix"
