@@ -74,6 +74,7 @@ typedef struct req_impl {
     size_t noffs;          /* headers seen so far */
     size_t url_len;        /* URL bytes at the start of hdr */
     bool in_value;         /* last data callback was a header value */
+    bool val_at_end;       /* that value's span ended where its read did */
     bool headers_done;     /* later header callbacks are trailers: ignored */
     bool chunked_resp;     /* response uses chunked encoding */
     bool http10;           /* HTTP/1.0 request */
@@ -87,6 +88,7 @@ struct http_conn {
     http_conn *prev, *next; /* server's list */
     uint64_t id;           /* for log context */
     llhttp_t parser;       /* request parser */
+    const char *exec_start, *exec_end; /* the bytes of the llhttp_execute in progress */
     buf rbuf;              /* pipelined bytes not parsed yet (lazily allocated) */
     req_impl *req;         /* the request being read or answered */
     req_impl *ready;       /* a request whose message completed during execute */
@@ -580,10 +582,18 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
         r->in_value = true;
         o->val_off = r->hdr.len;
         o->val_len = 0;
+    } else if (!(r->val_at_end && at == c->exec_start)) {
+        /* a value goes on in a second span only across reads; otherwise
+         * llhttp joined a folded line (obs-fold), which proxies in front
+         * may read otherwise: refused (RFC 9112 5.2) */
+        c->error_status = 400;
+        c->error_msg = "folded header lines (obs-fold) are not accepted";
+        return -1;
     }
     if (hdr_append(c, at, n))
         return -1;
     o->val_len += n;
+    r->val_at_end = at + n == c->exec_end;
     return 0;
 }
 
@@ -708,6 +718,8 @@ static const llhttp_settings_t parser_settings = {
  * pipelined request), or -1 when the connection was closed on an error. */
 static ssize_t conn_parse(http_conn *c, const char *p, size_t n)
 {
+    c->exec_start = p;
+    c->exec_end = p + n;
     llhttp_errno_t e = llhttp_execute(&c->parser, p, n);
     if (e == HPE_OK)
         return (ssize_t)n;
