@@ -1138,11 +1138,11 @@ static int ld__scalar(struct ld *ld, const yaml_node_t *n, const char **s, size_
             }
         }
         namelen = (size_t)((sep ? sep : close) - ref);
-        if (!ld__env_name_ok(ref, namelen)) {
-            char e[CFG_ECHO_MAX + 8];
-            return ld__fail(ld, n, "bad environment variable reference ${%s}",
-                            ld__echo(ref, (size_t)(close - ref), e, sizeof(e)));
-        }
+        if (!ld__env_name_ok(ref, namelen))
+            /* not echoed: a secret may sit in a mistyped reference */
+            return ld__fail(ld, n,
+                            "bad environment variable reference in ${...} (a name is letters, "
+                            "digits and _, not starting with a digit)");
         memcpy(name, ref, namelen);
         name[namelen] = '\0';
         if (ld->getenv_fn)

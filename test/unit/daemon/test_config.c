@@ -686,6 +686,18 @@ static void test_env_substitution(void **state)
     expect_error("workers: ${1BAD}\n", "t.yaml:1: workers: bad environment variable reference",
                  NULL, NULL);
     expect_error("workers: ${}\n", "bad environment variable reference", NULL, NULL);
+    {
+        /* a mistyped reference is not echoed: it may hold a secret (found
+         * by fuzz_config) */
+        static const char y[] = "admin:\n  master_key: ${sk-secret-in-ref:-x}\n";
+        config *bad = NULL;
+        char err[512] = "";
+        assert_int_not_equal(config_load_string(y, strlen(y), "t.yaml", fake_getenv, &bad, err,
+                                                sizeof(err)),
+                             0);
+        assert_non_null(strstr(err, "admin.master_key: bad environment variable reference"));
+        assert_null(strstr(err, "sk-secret"));
+    }
     expect_error("workers: \"${W\"\n", "t.yaml:1: workers: unterminated ${", NULL, NULL);
     expect_error("workers: ${EMPTY:-x}\n", "workers: not a whole number", "\"x\"", NULL);
 
