@@ -1860,7 +1860,8 @@ static int call_plan(call *c, char *msg, size_t cap)
     rt_need need = {
         .prompt_tokens = c->prompt_est,
         .max_output = (uint64_t)call_max_output(c),
-        .caps = call_caps(c),
+        /* the body is scanned only when some route lacks a capability */
+        .caps = c->rs->caps_matter ? call_caps(c) : 0,
         .panic = true, /* a breaker never refuses what the providers might serve */
     };
     rt_why why = 0;

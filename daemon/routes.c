@@ -73,6 +73,7 @@ static route_set *set_new(const route_table *t, const char *alias, const config_
                  r->model ? r->model : "*");
         int64_t in, out;
         route_rates(t, r, &in, &out);
+        s->caps_matter |= r->caps != CONFIG_CAP_ALL;
         specs[i] = (rt_route_spec){
             .label = s->labels[i],
             .weight = r->weight,

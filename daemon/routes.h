@@ -41,6 +41,7 @@ typedef struct route_set {
     char alias[201];             /* the alias's name */
     bool db;                     /* a database alias */
     bool level;                  /* a power level's routes (owners says whose) */
+    bool caps_matter;            /* some route lacks a capability: calls are checked for them */
     char db_id[37];              /* its id */
     int64_t version;             /* its version when built */
     const config_route *routes;  /* config: the alias's own; database: routes_own */
