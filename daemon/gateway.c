@@ -3399,10 +3399,13 @@ static void leases_drained(void *ud)
 }
 
 /* After the last connection: report spend and return the leases, then
- * flush the ledger. */
+ * flush the ledger. Connections still backing off from an outage try
+ * again now: the drain cannot wait out a backoff. */
 static void http_drained(void *ud)
 {
     gateway *gw = ud;
+    if (gw->store)
+        pg_pool_retry_now(store_pool(gw->store));
     if (gw->leases)
         leases_drain(gw->leases, leases_drained, gw);
     else

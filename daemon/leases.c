@@ -12,6 +12,7 @@
 
 #define LEASES_SLOTS 4096
 #define LEASES_TICK_MS 25
+#define LEASES_DRAIN_RETRY_NS (10ull * 1000000000) /* a drain's failed renewals retried this long */
 #define LEASES_IDLE_NS (10ull * 1000000000)    /* give a lease back after 10 s unused */
 #define LEASES_RECHECK_NS (10ull * 1000000000) /* "no budget" is asked again after 10 s */
 #define LEASES_STALE_NS (1000ull * 1000000)    /* a refusal older than 1 s is checked again */
@@ -57,6 +58,7 @@ struct leases {
     uv_timer_t tick;
     bool closing;
     bool draining;     /* leases_drain() called: every lease goes back */
+    uint64_t drain_ns; /* when */
     unsigned inflight; /* renewals in flight */
     unsigned soft_pct; /* the soft threshold (percent of the maximum), 0 = none */
     leases_alert_fn alert;
@@ -157,6 +159,16 @@ static void renew_done(void *ud, const PGresult *res, const pg_error *err)
         if (err->kind != PG_ERR_CLOSED)
             log_warn(NULL, "budget %s %s: lease renewal failed: %s", e->scope, e->id, err->message);
         e->b.renewed_ns = now; /* back off a tick before asking again */
+        /* the drain gives the lease back even if the database is still
+         * coming back from an outage (a renewal queued during it fails
+         * after the pool's queue timeout): asked again, the pool's
+         * connections told to stop backing off, for a while (and never
+         * past the drain deadline) rather than leave it to expire */
+        if (ls->draining && err->kind != PG_ERR_CLOSED && err->kind != PG_ERR_SERVER &&
+            now - ls->drain_ns < LEASES_DRAIN_RETRY_NS) {
+            pg_pool_retry_now(store_pool(ls->store));
+            drain_entry(ls, e);
+        }
     } else {
         if (PQntuples(res) == 0) {
             budget_renewed(&e->b, false, NULL, 0, 0, 0, 0, 0, now, ls->ttl_ns);
@@ -172,8 +184,7 @@ static void renew_done(void *ud, const PGresult *res, const pg_error *err)
                           ls->soft_pct);
         }
         /* a renewal that was in flight when the drain began granted a
-         * lease: it goes back too (not after a failure: the database is
-         * away, the lease expires and is reclaimed) */
+         * lease: it goes back too */
         if (ls->draining)
             drain_entry(ls, e);
     }
@@ -524,6 +535,7 @@ void leases_drain(leases *ls, void (*done)(void *ud), void *ud)
     ls->drained = done;
     ls->drained_ud = ud;
     ls->draining = true;
+    ls->drain_ns = clock_mono_ns();
     for (lease_entry *e = ls->active; e; e = e->next_active)
         drain_entry(ls, e);
     maybe_drained(ls);

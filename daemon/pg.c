@@ -1576,6 +1576,12 @@ bool pg_pool_ready(const pg_pool *p)
     return false;
 }
 
+void pg_pool_retry_now(pg_pool *p)
+{
+    if (p && !p->closing)
+        pool__wake_waiting(p);
+}
+
 void pg_pool_stats(const pg_pool *p, pg_stats *out)
 {
     *out = p->st;

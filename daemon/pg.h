@@ -140,6 +140,11 @@ int pg_listen(pg_pool *p, const char *channel, pg_notify_cb cb, void *ud) PG_MUS
  * noticed without a query). /health/ready reports 503 while false. */
 bool pg_pool_ready(const pg_pool *p);
 
+/* Connections waiting out a reconnect backoff try again at once (a drain
+ * about to give leases back and flush the ledger has no time to wait out
+ * a backoff that grew while the database was away). */
+void pg_pool_retry_now(pg_pool *p);
+
 /* Copies the counters. */
 void pg_pool_stats(const pg_pool *p, pg_stats *out);
 

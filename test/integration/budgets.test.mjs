@@ -525,6 +525,40 @@ describe('budgets with leases', () => {
     assert.equal(last.status, 200, last.text);
   });
 
+  /* ------------------------------------- 7b. the drain outlives an outage */
+
+  it('SIGTERM with the database down: the lease goes back once it returns', T, async (t) => {
+    // lease_ttl 2s: the spend is reported every 250 ms, so a renewal is
+    // queued (and fails after the pool's 5 s queue timeout) while the
+    // database is away; the drain retries it rather than leave the lease
+    const gw = await start({ instance: 'outage', budgets: { lease_ttl: '2s' } });
+    const admin = adminClient(gw);
+    const ten = await makeTenant(admin, 'outage', { max_budget: '0.01', budget_duration: '1d' });
+    await sleep(200);
+    assert.equal((await call(gw, ten.secret)).status, 200);
+    const led = await waitLedger(pg, 'key_id', ten.key.id, 1);
+    assert.match(leaseRows(pg, 'key', ten.key.id), /outage:\d+/);
+    await pg.pause();
+    let exit;
+    try {
+      await sleep(1000);
+      gw.signal('SIGTERM');
+      await sleep(5000); // the renewal queued before the SIGTERM has failed
+      assert.ok(!gw.exit, 'still draining while the database is away');
+    } finally {
+      await pg.resume();
+    }
+    const t0 = performance.now();
+    exit = await gw.waitExit(30000);
+    t.diagnostic(`exited ${(performance.now() - t0).toFixed(0)} ms after the database came back`);
+    assert.deepEqual(exit, { code: 0, signal: null }, gw.stderrLines.slice(-20).join('\n'));
+    assert.equal(leaseRows(pg, 'key', ten.key.id), '', 'the lease was returned; stderr:\n' + gw.stderrLines.slice(-25).join('\n'));
+    const row = budgetRow(pg, 'key', ten.key.id);
+    assert.equal(row.assumed, 0, 'nothing assumed');
+    assert.equal(row.spent, led.sum, 'the spend was reported');
+    assert.deepEqual(gw.sanitizerReports(), []);
+  });
+
   /* ------------------------------------------------------ 8. clean exits */
 
   it('every instance exits 0 on SIGTERM, without sanitizer reports', T, async () => {

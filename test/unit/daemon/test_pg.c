@@ -855,6 +855,30 @@ static void test_recovery_wakes_all(void **state)
     env_close(&e);
 }
 
+/* A backoff far longer than the outage: pg_pool_retry_now ends it. */
+static void test_retry_now(void **state)
+{
+    (void)state;
+    pg_options o = opts_default();
+    o.size = 2;
+    o.backoff_min_ms = 60000;
+    o.backoff_max_ms = 60000;
+    env e;
+    env_init(&e, &o);
+    assert_true(env_run_until(&e, pred_any_up, NULL, 10000));
+
+    assert_int_equal(pgtmp("pause"), 0);
+    env_sleep(&e, 500);
+    assert_int_equal(stats_of(e.pool).up, 0);
+    assert_int_equal(pgtmp("resume"), 0);
+    env_sleep(&e, 1000);
+    assert_int_equal(stats_of(e.pool).up, 0); /* each waits out its minute */
+
+    pg_pool_retry_now(e.pool);
+    assert_true(env_run_until(&e, pred_any_up, NULL, 5000));
+    env_close(&e);
+}
+
 /* ---- connecting ---- */
 
 static void test_dns_localhost(void **state)
@@ -1150,6 +1174,7 @@ int main(void)
         cmocka_unit_test(test_close_while_connecting),
         cmocka_unit_test(test_server_restart),
         cmocka_unit_test(test_recovery_wakes_all),
+        cmocka_unit_test(test_retry_now),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
