@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what tollgate needs from Debian bookworm's archive (run as root).
 #   install-deps.sh run    build + run the gateway
-#   install-deps.sh test   also the test suite's tools (cmocka, node/npm, PostgreSQL, ...)
-#   install-deps.sh bench  also the benchmark's tools (wrk, nginx)
+#   install-deps.sh test   also the test suite's tools (cmocka, node/npm, PostgreSQL, nginx, ...)
+#   install-deps.sh bench  also the benchmarks' tools (wrk, nginx, PostgreSQL for proof.sh)
 set -euo pipefail
 mode=${1:-run}
 
@@ -11,8 +11,8 @@ pkgs=(build-essential cmake pkg-config ca-certificates openssl curl python3
       libyaml-dev libpq-dev libpcre2-dev)
 case "$mode" in
   run) ;;
-  test) pkgs+=(libcmocka-dev postgresql clang python3 python3-cryptography) ;;
-  bench) pkgs+=(libcmocka-dev wrk nginx-light) ;;
+  test) pkgs+=(libcmocka-dev postgresql clang python3 python3-cryptography prometheus nginx-light) ;;
+  bench) pkgs+=(libcmocka-dev wrk nginx-light postgresql) ;;
   *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac
 # npm fetches the tokenizer's rank data (npm package tiktoken) at build

@@ -209,7 +209,10 @@ typedef struct config {
     config_listen listen;       /* listen (restart-only) */
     uint32_t workers;           /* worker threads, one loop each (restart-only) */
     int log_level;              /* log.level: an enum log_level (daemon/base/log.h) */
-    bool log_access;            /* log.access: JSON access log lines on stdout */
+    bool log_access;            /* log.access: JSON access log lines on or off */
+    const char *log_file;       /* log.file: operational lines: stdout, stderr or a path */
+    const char *log_access_file; /* log.access_file: access lines: stdout, stderr or a path */
+    bool metrics_key_labels;    /* metrics.key_labels: per-key and team series in /metrics */
     const char *tokenizer_dir;  /* where <encoding>.tgbpe are; NULL = built-in search */
     const char *prices_file;    /* price catalog JSON; NULL = the shipped one */
     size_t max_body_bytes;      /* limits.max_body_bytes: larger request bodies get 413 */

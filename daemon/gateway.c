@@ -26,6 +26,7 @@
 #include "daemon/httpc.h"
 #include "daemon/jobs.h"
 #include "daemon/leases.h"
+#include "daemon/metrics.h"
 #include "daemon/routes.h"
 #include "daemon/checks.h"
 #include "daemon/ratelimit.h"
@@ -59,6 +60,7 @@ struct gateway {
     const config *cfg;        /* current configuration (own reference) */
     http_server *srv;         /* inbound server */
     httpc_pool *pool;         /* upstream connections */
+    metrics *metrics;         /* request counters and histograms (GET /metrics) */
     mock_state *mocks;        /* per-provider mock counters, by provider index */
     size_t nmocks;            /* entries in mocks */
     rate_bucket *rates[GW_RATE_SLOTS]; /* rate limiter buckets */
@@ -84,6 +86,7 @@ struct gateway {
     void (*fatal)(void *ud, const char *msg); /* the daemon cannot go on (schema mismatch) */
     void *fatal_ud;
     uint64_t inflight;        /* requests being answered */
+    uint64_t streams;         /* of which relaying an event stream */
     bool closing;             /* gateway_close called */
     bool failed;              /* gateway_new could not set up (gateway_start refuses) */
 };
@@ -206,6 +209,7 @@ typedef struct call {
     uint64_t retry_at_ns;          /* CALL_RETRY_WAIT: when the next attempt starts */
     struct call *retry_next;       /* gw->retries */
     bool error_upstream;           /* error says how the upstream failed (not the client) */
+    bool streaming;                /* counted in gw->streams */
 } call;
 
 /* ------------------------------------------------------------ responses */
@@ -265,9 +269,17 @@ static void send_error_in(http_req *req, const chat_format *fin, int status, con
     buf_free(&b);
 }
 
-static void access_log_simple(http_req *req, int status, const char *key_alias)
+/* A request that ended without a model call: logged and counted. */
+static void access_log_simple(gateway *gw, http_req *req, int status, const char *key_alias)
 {
     uint64_t now = clock_mono_ns();
+    metrics_call mc = {.status = status,
+                       .duration_ns = now - req->t_start_ns,
+                       .cost_nano = -1,
+                       .price_nano = -1,
+                       .counted_prompt = -1,
+                       .counted_completion = -1};
+    metrics_request(gw->metrics, &mc);
     buf b;
     buf_init(&b, 4096);
     int rc = buf_printf(&b, "{\"request_id\":\"%s\",\"method\":\"%s\",\"path\":\"", req->request_id,
@@ -309,6 +321,8 @@ static void call_free(call *c)
     route_set_unref(c->rs);
     config_unref(c->cfg);
     c->gw->inflight--;
+    if (c->streaming)
+        c->gw->streams--;
     free(c);
 }
 
@@ -484,6 +498,37 @@ static int64_t call_credits(const call *c, int64_t price, int64_t tokens);
 static rt_outcome outcome_of(const call *c);
 static void call_attempt_end(call *c, rt_outcome o, const char *why);
 
+/* The call's series in /metrics: labels from the config and the route
+ * set only (never the model name the client sent). */
+static void call_metrics(const call *c, const call_usage *u, uint64_t now)
+{
+    uint64_t t0 = c->req->t_start_ns;
+    bool drift = c->have_usage && c->tok_exact && !meter_estimate_only(&c->meter);
+    metrics_call mc = {
+        .alias = c->model ? c->model->name : NULL,
+        .provider = c->prov ? c->prov->name : NULL,
+        .route = c->rs ? c->rs->labels[c->plan[c->plan_pos]] : NULL,
+        .status = c->status,
+        .duration_ns = now - t0,
+        .upstream_ns = c->sent && c->t_upstream_ns ? now - c->t_upstream_ns : 0,
+        .ttft_ns = c->t_first_ns ? c->t_first_ns - t0 : 0,
+        .overhead_ns = c->overhead_ns,
+        .input = u->prompt,
+        .output = u->completion,
+        .cached = u->cached,
+        .cache_write = u->cache_write,
+        .cost_nano = u->cost,
+        .price_nano = u->price,
+        .counted_prompt = drift ? (int64_t)c->prompt_est : -1,
+        .reported_prompt = drift ? u->prompt : -1,
+        .counted_completion = drift ? (int64_t)u->metered : -1,
+        .reported_completion = drift ? u->completion : -1,
+        .key = c->key->alias,
+        .team = c->who.team ? c->who.team->name : NULL,
+    };
+    metrics_request(c->gw->metrics, &mc);
+}
+
 static void call_log(call *c)
 {
     call_attempt_end(c, outcome_of(c), NULL);
@@ -553,6 +598,7 @@ static void call_log(call *c)
     if (!rc)
         log_access(b.data, b.len);
     buf_free(&b);
+    call_metrics(c, &u, now);
     call_ledger(c, &u, (int64_t)((now - req->t_start_ns) / 1000),
                 c->t_first_ns ? (int64_t)((c->t_first_ns - req->t_start_ns) / 1000) : -1);
     if (c->claim.n && c->gw->leases)
@@ -811,6 +857,8 @@ static int call_on_head(upstream_call *up, int status, const upstream_header *hd
     if (c->info.stream && status == 200 &&
         (!c->up_ctype[0] || strncasecmp(c->up_ctype, "text/event-stream", 17) == 0)) {
         c->phase = CALL_STREAMING;
+        c->streaming = true;
+        c->gw->streams++;
         if (c->decode) {
             c->dec = c->fup->stream_dec_new();
             c->enc = c->fin->stream_enc_new(&c->creq);
@@ -1183,7 +1231,7 @@ static bool authenticate(gateway *gw, http_req *req, const chat_format *fin, cal
         const char *why = NULL;
         int status = 401;
         if (!key && !tenants_loaded(tc)) {
-            access_log_simple(req, 503, NULL);
+            access_log_simple(gw, req, 503, NULL);
             send_error_in(req, fin, 503, anth ? "api_error" : "server_error", "key_store_unavailable",
                           NULL, "retry-after: 1\r\n",
                           "The key store is not loaded yet (%s); retry shortly.",
@@ -1208,7 +1256,8 @@ static bool authenticate(gateway *gw, http_req *req, const chat_format *fin, cal
                 who->rpm = key->rpm;
                 return true;
             }
-            access_log_simple(req, status, key->alias);
+            access_log_simple(gw, req, status, key->alias);
+            metrics_refused(gw->metrics, METRICS_REFUSED_AUTH);
             send_error_in(req, fin, status,
                           status == 403 ? "permission_error"
                           : anth        ? "authentication_error"
@@ -1218,7 +1267,8 @@ static bool authenticate(gateway *gw, http_req *req, const chat_format *fin, cal
             return false;
         }
     }
-    access_log_simple(req, 401, NULL);
+    access_log_simple(gw, req, 401, NULL);
+    metrics_refused(gw->metrics, METRICS_REFUSED_AUTH);
     send_error_in(req, fin, 401, anth ? "authentication_error" : "invalid_request_error",
                   "invalid_api_key", NULL, NULL, "%s",
                   has_credentials(req) ? "Incorrect API key provided."
@@ -1591,14 +1641,14 @@ static int scan_openai_other(const char *body, size_t n, const char *endpoint,
     return 0;
 }
 
-static int read_request(http_req *req, const chat_format *fin, const char *endpoint,
-                        const caller *key, openai_req_info *info, chat_request *creq)
+static int read_request(gateway *gw, http_req *req, const chat_format *fin,
+                        const char *endpoint, const caller *key, openai_req_info *info, chat_request *creq)
 {
     if (fin->id == CHAT_FMT_OPENAI && strcmp(endpoint, "/chat/completions") != 0) {
         openai_err oe;
         if (scan_openai_other(req->body.p, req->body.len, endpoint, info, &oe) == 0)
             return 0;
-        access_log_simple(req, oe.status, key->alias);
+        access_log_simple(gw, req, oe.status, key->alias);
         send_error(req, oe.status, oe.type, oe.code, oe.param, NULL, "%s", oe.message);
         return -1;
     }
@@ -1606,7 +1656,7 @@ static int read_request(http_req *req, const chat_format *fin, const char *endpo
         openai_err oe;
         if (openai_req_scan(req->body.p, req->body.len, info, &oe) == 0)
             return 0;
-        access_log_simple(req, oe.status, key->alias);
+        access_log_simple(gw, req, oe.status, key->alias);
         send_error(req, oe.status, oe.type, oe.code, oe.param, NULL, "%s", oe.message);
         return -1;
     }
@@ -1618,12 +1668,12 @@ static int read_request(http_req *req, const chat_format *fin, const char *endpo
         return -1;
     }
     if (fin->req_decode(req->body.p, req->body.len, creq, &e) != 0) {
-        access_log_simple(req, e.status, key->alias);
+        access_log_simple(gw, req, e.status, key->alias);
         send_chat_error(req, fin, &e, NULL);
         return -1;
     }
     if (!creq->model.len || creq->model.len >= sizeof info->model) {
-        access_log_simple(req, 400, key->alias);
+        access_log_simple(gw, req, 400, key->alias);
         send_error_in(req, fin, 400, "invalid_request_error", NULL, "model", NULL,
                       creq->model.len ? "model: longer than %zu bytes" : "model: field required",
                       sizeof info->model - 1);
@@ -1695,11 +1745,11 @@ static void job_wait_done(void *ud, int found)
     if (found > 0) {
         handle_llm_opts(w->gw, req, w->fin, w->endpoint, &w->o);
     } else if (found < 0) {
-        access_log_simple(req, 503, NULL);
+        access_log_simple(w->gw, req, 503, NULL);
         send_error_in(req, w->fin, 503, "server_error", "database_unavailable", NULL,
                       "retry-after: 1\r\n", "Cannot look the job up now; retry shortly.");
     } else {
-        access_log_simple(req, 404, NULL);
+        access_log_simple(w->gw, req, 404, NULL);
         send_error_in(req, w->fin, 404, "not_found_error", "job_not_found", NULL, NULL,
                       "No such job: %s.", w->o.job_id);
     }
@@ -1721,7 +1771,7 @@ static int attach_job(gateway *gw, http_req *req, const chat_format *fin, const 
         job = hdr;
     }
     if (!gw->jobs || !gw->store) {
-        access_log_simple(req, 503, who->alias);
+        access_log_simple(gw, req, 503, who->alias);
         send_error_in(req, fin, 503, "server_error", "no_database", NULL, NULL,
                       "Jobs need a database (database.url).");
         return -1;
@@ -1750,13 +1800,13 @@ static int attach_job(gateway *gw, http_req *req, const chat_format *fin, const 
             }
             free(w);
         }
-        access_log_simple(req, 503, who->alias);
+        access_log_simple(gw, req, 503, who->alias);
         send_error_in(req, fin, 503, "server_error", "database_unavailable", NULL, NULL,
                       "Cannot look the job up now; retry shortly.");
         return -1;
     }
     int status = rc == -EINVAL ? 400 : rc == -EALREADY ? 409 : 404;
-    access_log_simple(req, status, who->alias);
+    access_log_simple(gw, req, status, who->alias);
     send_error_in(req, fin, status, status == 409 ? "invalid_request_error" : "not_found_error",
                   status == 400 ? "invalid_job_id" : status == 409 ? "job_not_running" : "job_not_found",
                   NULL, NULL, "%s: %s",
@@ -2077,7 +2127,7 @@ static void call_go(call *c)
     if (brc == -EINVAL && ce.status)
         goto refuse;
     if (brc != 0) {
-        access_log_simple(req, 500, key->alias);
+        access_log_simple(gw, req, 500, key->alias);
         call_unclaim(c);
         req->app = NULL;
         req->on_abort = NULL;
@@ -2132,7 +2182,7 @@ static void call_go(call *c)
 
 refuse:
     /* the upstream's format cannot carry this request: a 400 naming why */
-    access_log_simple(req, ce.status, key->alias);
+    access_log_simple(gw, req, ce.status, key->alias);
     call_unclaim(c);
     req->app = NULL;
     req->on_abort = NULL;
@@ -2235,6 +2285,10 @@ static void call_refuse_budget(call *c, const lease_refusal *r)
                       : strcmp(r->scope, "team") == 0 || strcmp(r->scope, "credit") == 0
                           ? "team"
                           : "organization";
+    metrics_refused(c->gw->metrics, r->status != 402 && r->status != 403
+                                        ? METRICS_REFUSED_BUDGET_UNAVAILABLE
+                                    : strcmp(r->scope, "credit") == 0 ? METRICS_REFUSED_CREDITS
+                                                                      : METRICS_REFUSED_BUDGET);
     money_format(r->max, max, sizeof max);
     money_format(r->spent, spent, sizeof spent);
     if (r->reset_at_us > 0) {
@@ -2264,7 +2318,7 @@ static void call_refuse_budget(call *c, const lease_refusal *r)
                  "call is admitted past a budget unchecked. Retry shortly.",
                  who);
     }
-    access_log_simple(req, r->status, c->key->alias);
+    access_log_simple(c->gw, req, r->status, c->key->alias);
     req->app = NULL;
     req->on_abort = NULL;
     c->req = NULL;
@@ -2451,6 +2505,7 @@ static void call_refuse_rate(call *c, const rate_refusal *r)
     http_req *req = c->req;
     const chat_format *fin = c->fin;
     char hdr[256];
+    metrics_refused(c->gw->metrics, METRICS_REFUSED_RATE_LIMIT);
     unsigned secs = (unsigned)(r->reset_s + 0.999);
     if (r->unavailable)
         snprintf(hdr, sizeof hdr, "retry-after: 1\r\n");
@@ -2461,7 +2516,7 @@ static void call_refuse_rate(call *c, const rate_refusal *r)
                  r->tokens ? "tokens" : "requests", r->limit, r->tokens ? "tokens" : "requests",
                  r->tokens ? "tokens" : "requests", r->reset_s, secs ? secs : 1);
     int status = r->unavailable ? 503 : 429;
-    access_log_simple(req, status, c->key->alias);
+    access_log_simple(c->gw, req, status, c->key->alias);
     req->app = NULL;
     req->on_abort = NULL;
     c->req = NULL;
@@ -2543,14 +2598,14 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     openai_req_info info;
     chat_request creq;
     memset(&creq, 0, sizeof creq);
-    if (read_request(req, fin, endpoint, key, &info, &creq) != 0) {
+    if (read_request(gw, req, fin, endpoint, key, &info, &creq) != 0) {
         chat_request_free(&creq);
         caller_release(&who);
         return;
     }
     if (o && o->need_stream && !info.stream) {
         chat_request_free(&creq);
-        access_log_simple(req, 400, key->alias);
+        access_log_simple(gw, req, 400, key->alias);
         caller_release(&who);
         send_error_in(req, fin, 400, "invalid_request_error", "stream_required", "stream", NULL,
                       "llm-call-stream answers a stream: send \"stream\": true.");
@@ -2561,7 +2616,7 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     if (!resolve_model(gw, cfg, info.model, info.model_len, &pmodel, &mp) &&
         !resolve_level(gw, &who, info.model, info.model_len, &pmodel, &mp)) {
         chat_request_free(&creq);
-        access_log_simple(req, 404, key->alias);
+        access_log_simple(gw, req, 404, key->alias);
         caller_release(&who);
         send_error_in(req, fin, 404, "invalid_request_error", "model_not_found", "model", NULL,
                       "The model '%s' does not exist or you do not have access to it.", info.model);
@@ -2571,7 +2626,7 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     /* a power level: each route's alias is checked when the call is planned */
     if (!mp.level && !caller_allows(key, info.model, info.model_len, mp.access_group)) {
         chat_request_free(&creq);
-        access_log_simple(req, 403, key->alias);
+        access_log_simple(gw, req, 403, key->alias);
         caller_release(&who);
         send_error_in(req, fin, 403, "permission_error", "model_not_allowed", "model", NULL,
                       "This key is not allowed to use the model '%s'.", info.model);
@@ -2582,7 +2637,7 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     if (!chat && !embed_gemini &&
         (config_provider_format(m->provider) != CHAT_FMT_OPENAI ||
          m->provider->type == CONFIG_PROVIDER_MOCK)) {
-        access_log_simple(req, 400, key->alias);
+        access_log_simple(gw, req, 400, key->alias);
         caller_release(&who);
         send_error(req, 400, "invalid_request_error", "unsupported_endpoint", "model", NULL,
                    "The model '%s' is served by provider '%s' (%s), which has no %s endpoint; "
@@ -2602,7 +2657,8 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
                  "x-ratelimit-limit-requests: %u\r\nx-ratelimit-remaining-requests: 0\r\n"
                  "x-ratelimit-reset-requests: %.3fs\r\nretry-after: %u\r\n",
                  key->rpm, reset_s, (unsigned)(reset_s + 0.999));
-        access_log_simple(req, 429, key->alias);
+        access_log_simple(gw, req, 429, key->alias);
+        metrics_refused(gw->metrics, METRICS_REFUSED_RATE_LIMIT);
         send_error_in(req, fin, 429, "rate_limit_error", "rate_limit_exceeded", NULL, hdr,
                       "Rate limit reached for key '%s': %u requests per minute.", key->alias,
                       key->rpm);
@@ -2611,7 +2667,8 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     }
     if (gw->ledger && !ledger_accepting(gw->ledger)) {
         chat_request_free(&creq);
-        access_log_simple(req, 503, key->alias);
+        access_log_simple(gw, req, 503, key->alias);
+        metrics_refused(gw->metrics, METRICS_REFUSED_LEDGER_FULL);
         caller_release(&who);
         send_error_in(req, fin, 503, fin->id == CHAT_FMT_OPENAI ? "server_error" : "api_error",
                       "ledger_unavailable", NULL, "retry-after: 5\r\n",
@@ -2670,7 +2727,7 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
             : mp.level    ? route_table_level(gw->routes, mp.level)
                           : NULL;
     if (!c->rs) {
-        access_log_simple(req, 500, key->alias);
+        access_log_simple(gw, req, 500, key->alias);
         c->req = NULL;
         call_free(c);
         send_error_in(req, fin, 500, "server_error", NULL, NULL, NULL, "out of memory");
@@ -2679,7 +2736,7 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     char why[400];
     int pst = call_plan(c, why, sizeof why);
     if (pst) {
-        access_log_simple(req, pst, key->alias);
+        access_log_simple(gw, req, pst, key->alias);
         c->req = NULL;
         call_free(c);
         send_error_in(req, fin, pst,
@@ -2701,7 +2758,7 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
 
 refuse:
     /* the upstream's format cannot carry this request: a 400 naming why */
-    access_log_simple(req, ce.status, key->alias);
+    access_log_simple(gw, req, ce.status, key->alias);
     c->req = NULL;
     call_free(c);
     send_chat_error(req, fin, &ce, NULL);
@@ -2738,7 +2795,7 @@ static void count_tokens_for(gateway *gw, http_req *req, const caller *key)
         return;
     }
     if (fin->req_decode(body.data, body.len, &r, &e) != 0) {
-        access_log_simple(req, e.status, key->alias);
+        access_log_simple(gw, req, e.status, key->alias);
         send_chat_error(req, fin, &e, NULL);
         goto out;
     }
@@ -2748,7 +2805,7 @@ static void count_tokens_for(gateway *gw, http_req *req, const caller *key)
         r.model.len && resolve_model(gw, cfg, r.model.p, r.model.len, &pmodel, &mp) ? &mp.model
                                                                                   : NULL;
     if (!m || !caller_allows(key, r.model.p, r.model.len, mp.access_group)) {
-        access_log_simple(req, 404, key->alias);
+        access_log_simple(gw, req, 404, key->alias);
         send_error_in(req, fin, 404, "not_found_error", "model_not_found", "model", NULL,
                       "model: %.*s", (int)(r.model.len > 200 ? 200 : r.model.len),
                       r.model.p ? r.model.p : "");
@@ -2763,7 +2820,7 @@ static void count_tokens_for(gateway *gw, http_req *req, const caller *key)
     int k = snprintf(out, sizeof out, "{\"input_tokens\":%" PRIu64 "}", n);
     snprintf(hdr, sizeof hdr, "x-tollgate-tokenizer: %s\r\nx-tollgate-tokenizer-exact: %s\r\n",
              enc ? tok_name(enc) : "bytes/4", exact && enc ? "true" : "false");
-    access_log_simple(req, 200, key->alias);
+    access_log_simple(gw, req, 200, key->alias);
     http_respond(req, 200, "application/json", hdr, out, (size_t)k);
 out:
     chat_request_free(&r);
@@ -2871,7 +2928,7 @@ static void models_for(gateway *gw, http_req *req, const caller *key)
     }
     if (!rc)
         rc = buf_append_str(&b, "}");
-    access_log_simple(req, rc ? 500 : 200, key->alias);
+    access_log_simple(gw, req, rc ? 500 : 200, key->alias);
     if (rc)
         send_error(req, 500, "server_error", NULL, NULL, NULL, "model list too large");
     else
@@ -2973,7 +3030,7 @@ static bool route_jobs(gateway *gw, http_req *req)
         const char *slash = strchr(rest + 1, '/');
         snprintf(o.job_id, sizeof(o.job_id), "%.*s", (int)(slash - rest - 1), rest + 1);
         if (req->method != HTTP_POST) {
-            access_log_simple(req, 405, NULL);
+            access_log_simple(gw, req, 405, NULL);
             send_error(req, 405, "invalid_request_error", "method_not_allowed", NULL,
                        "Allow: POST\r\n", "Use POST.");
         } else {
@@ -3035,6 +3092,124 @@ static void handle_provider_health(gateway *gw, http_req *req)
 }
 
 /* GET /metrics: the Prometheus text format. */
+/* The gauges and counters the other modules keep, at scrape time. */
+static int render_state(gateway *gw, buf *b)
+{
+    int rc = metrics_put(b, "tollgate_client_connections", "gauge", "Open client connections.",
+                         NULL, (double)http_server_nconns(gw->srv));
+    if (!rc)
+        rc = metrics_put(b, "tollgate_requests_in_flight", "gauge",
+                         "Model calls being answered.", NULL, (double)gw->inflight);
+    if (!rc)
+        rc = metrics_put(b, "tollgate_streams_active", "gauge",
+                         "Model calls relaying an event stream now.", NULL, (double)gw->streams);
+    httpc_stats hs;
+    httpc_pool_stats(gw->pool, &hs);
+    if (!rc)
+        rc = metrics_put(b, "tollgate_upstream_connections", "gauge",
+                         "Upstream connections by state (busy: in a call).", "state=\"busy\"",
+                         (double)(hs.conns_open - hs.conns_idle));
+    if (!rc)
+        rc = metrics_put(b, "tollgate_upstream_connections", "gauge", NULL, "state=\"idle\"",
+                         (double)hs.conns_idle);
+    if (!rc)
+        rc = metrics_put(b, "tollgate_upstream_connections_opened_total", "counter",
+                         "Upstream TCP connections established.", NULL, (double)hs.conns_opened);
+    if (!rc)
+        rc = metrics_put(b, "tollgate_upstream_tls_handshakes_total", "counter",
+                         "Upstream TLS handshakes completed (resumed ones included).", NULL,
+                         (double)hs.tls_handshakes);
+    if (!rc)
+        rc = metrics_put(b, "tollgate_upstream_calls_queued_total", "counter",
+                         "Upstream calls that waited for a connection slot.", NULL,
+                         (double)hs.queued);
+    pg_pool *pool = gw->store ? store_pool(gw->store) : NULL;
+    if (pool && !rc) {
+        pg_stats ps;
+        pg_pool_stats(pool, &ps);
+        rc = metrics_put(b, "tollgate_db_connections", "gauge",
+                         "Database pool connections by state.", "state=\"busy\"", ps.busy);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_db_connections", "gauge", NULL, "state=\"idle\"",
+                             (double)(ps.up - ps.busy));
+        if (!rc)
+            rc = metrics_put(b, "tollgate_db_queue_length", "gauge",
+                             "Queries waiting for a database connection.", NULL, ps.queued);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_db_listening", "gauge",
+                             "1 while the cache-change listener is connected.", NULL,
+                             ps.listening ? 1 : 0);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_db_queries_total", "counter",
+                             "Database queries by outcome.", "outcome=\"ok\"",
+                             (double)ps.queries);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_db_queries_total", "counter", NULL,
+                             "outcome=\"failed\"", (double)ps.failed);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_db_disconnects_total", "counter",
+                             "Database connections lost.", NULL, (double)ps.disconnects);
+    }
+    if (gw->leases && !rc) {
+        leases_stats ls;
+        leases_stats_get(gw->leases, &ls);
+        rc = metrics_put(b, "tollgate_lease_budgets", "gauge",
+                         "Budgets this instance holds or has held a lease of.", NULL, ls.budgets);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_lease_held_usd", "gauge",
+                             "The budget leases held now (USD; credit leases in credits).", NULL,
+                             (double)ls.leased / 1e9);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_lease_renewals_total", "counter",
+                             "Lease renewals by outcome.", "outcome=\"ok\"",
+                             (double)(ls.renewals - ls.renew_failures));
+        if (!rc)
+            rc = metrics_put(b, "tollgate_lease_renewals_total", "counter", NULL,
+                             "outcome=\"failed\"", (double)ls.renew_failures);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_lease_waits_total", "counter",
+                             "Calls that waited for a lease renewal.", NULL, (double)ls.waits);
+    }
+    if (gw->ledger && !rc) {
+        ledger_stats st;
+        ledger_stats_get(gw->ledger, &st);
+        rc = metrics_put(b, "tollgate_ledger_rows_total", "counter",
+                         "Ledger rows by stage: appended, durable (in the fsync'd spool), shipped "
+                         "(acknowledged by the database).",
+                         "stage=\"appended\"", (double)st.rows);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_ledger_rows_total", "counter", NULL,
+                             "stage=\"durable\"", (double)st.rows_durable);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_ledger_rows_total", "counter", NULL,
+                             "stage=\"shipped\"", (double)st.rows_shipped);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_ledger_batches_failed_total", "counter",
+                             "Ledger shipments the database refused or failed.", NULL,
+                             (double)st.batches_failed);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_ledger_replayed_rows_total", "counter",
+                             "Ledger rows sent again from the spool.", NULL,
+                             (double)st.replayed_rows);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_ledger_spool_bytes", "gauge",
+                             "Spool bytes not yet acknowledged by the database.", NULL,
+                             (double)st.backlog_bytes);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_ledger_spool_segments", "gauge",
+                             "Spool segment files on disk.", NULL, st.segments);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_ledger_spool_age_seconds", "gauge",
+                             "Age of the oldest unshipped spool byte (0: none).", NULL,
+                             st.oldest_backlog_s);
+        if (!rc)
+            rc = metrics_put(b, "tollgate_ledger_accepting", "gauge",
+                             "0 while the spool is over its bound (calls are refused).", NULL,
+                             st.accepting ? 1 : 0);
+    }
+    return rc;
+}
+
 static void handle_metrics(gateway *gw, http_req *req)
 {
     buf b;
@@ -3044,6 +3219,10 @@ static void handle_metrics(gateway *gw, http_req *req)
                         "# TYPE tollgate_build_info gauge\n"
                         "tollgate_build_info{version=\"%s\"} 1\n",
                         tg_version);
+    if (!rc)
+        rc = metrics_render(gw->metrics, &b);
+    if (!rc)
+        rc = render_state(gw, &b);
     if (!rc)
         rc = route_table_metrics(gw->routes, clock_mono_ns(), &b);
     if (!rc)
@@ -3074,7 +3253,7 @@ static void on_request(http_req *req, void *ud)
         if (req->method != routes[i].method) {
             char hdr[64];
             snprintf(hdr, sizeof(hdr), "Allow: %s\r\n", routes[i].allow);
-            access_log_simple(req, 405, NULL);
+            access_log_simple(gw, req, 405, NULL);
             send_error(req, 405, "invalid_request_error", "method_not_allowed", NULL, hdr,
                        "Method %s is not allowed on %s; use %s.", llhttp_method_name(req->method),
                        routes[i].path, routes[i].allow);
@@ -3097,7 +3276,7 @@ static void on_request(http_req *req, void *ud)
         admin_payment_webhook(gw->store, gw->cfg, req);
         return;
     }
-    access_log_simple(req, 404, NULL);
+    access_log_simple(gw, req, 404, NULL);
     char path[160];
     size_t n = req->path.len < 120 ? req->path.len : 120;
     /* the path is echoed in a JSON string: escaping happens in send_error */
@@ -3275,7 +3454,8 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
     http_limits l = limits_of(cfg);
     gw->srv = http_server_new(loop, &l, on_request, gw);
     gw->pool = httpc_pool_new(loop);
-    if (!gw->srv || !gw->pool) {
+    gw->metrics = metrics_new(cfg->metrics_key_labels);
+    if (!gw->srv || !gw->pool || !gw->metrics) {
         gateway_free(gw);
         return NULL;
     }
@@ -3356,6 +3536,7 @@ void gateway_reload(gateway *gw, const config *cfg)
         log_warn(NULL, "reload: '%s' changed but needs a restart; keeping the running value", fixed);
     const config *old = gw->cfg;
     gw->cfg = config_ref(cfg);
+    metrics_set_key_labels(gw->metrics, cfg->metrics_key_labels);
     /* the mock counters follow provider positions; start them afresh */
     free(gw->mocks);
     gw->mocks = NULL;
@@ -3463,6 +3644,7 @@ void gateway_free(gateway *gw)
     route_table_free(gw->routes);
     prices_free(gw->prices);
     ledger_free(gw->ledger);
+    metrics_free(gw->metrics);
     jobs_free(gw->jobs);
     leases_free(gw->leases);
     ratelimits_free(gw->ratelimits);

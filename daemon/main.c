@@ -10,7 +10,8 @@
  *   tollgate --version
  *
  * Signals: SIGTERM/SIGINT drain (a second one stops at once), SIGHUP
- * reloads the config file. */
+ * reloads the config file, SIGUSR1 reopens the log files (log.file,
+ * log.access_file) after a rotation. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,7 +30,7 @@ typedef struct app {
     uv_loop_t *loop;         /* the one loop */
     gateway *gw;             /* the request path */
     const char *config_path; /* NULL: embedded default (no reload) */
-    uv_signal_t sigterm, sigint, sighup; /* signal watchers */
+    uv_signal_t sigterm, sigint, sighup, sigusr1; /* signal watchers */
     uv_timer_t deadline;     /* drain deadline */
     uint32_t drain_ms;       /* drain deadline (timeouts.drain) */
     bool draining;           /* a drain has started */
@@ -52,10 +53,13 @@ static void usage(FILE *f)
                "GEMINI_API_KEY, FIREWORKS_API_KEY, OPENROUTER_API_KEY, TOGETHER_API_KEY).\n");
 }
 
-static void apply_logging(const config *cfg)
+/* Levels and targets; 0, or -1 with the reason in err (targets kept). */
+static int apply_logging(const config *cfg, char *err, size_t errlen)
 {
     log_set_level((enum log_level)cfg->log_level);
     log_set_access(cfg->log_access);
+    return log_open(cfg->log_file ? cfg->log_file : "stdout",
+                    cfg->log_access_file ? cfg->log_access_file : "stdout", err, errlen);
 }
 
 static void app_stop(app *a)
@@ -67,6 +71,7 @@ static void app_stop(app *a)
     uv_close((uv_handle_t *)&a->sigterm, NULL);
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sighup, NULL);
+    uv_close((uv_handle_t *)&a->sigusr1, NULL);
     uv_close((uv_handle_t *)&a->deadline, NULL);
 }
 
@@ -125,11 +130,23 @@ static void on_hup(uv_signal_t *s, int signum)
         return;
     }
     gateway_reload(a->gw, cfg);
-    apply_logging(cfg);
+    if (apply_logging(cfg, err, sizeof(err)) != 0)
+        log_error(NULL, "reload: cannot open the log file, keeping the current one: %s", err);
     a->drain_ms = cfg->drain_timeout_ms;
     log_info(NULL, "reloaded %s: %zu providers, %zu models, %zu keys", a->config_path,
              cfg->nproviders, cfg->nmodels, cfg->nkeys);
     config_unref(cfg);
+}
+
+static void on_usr1(uv_signal_t *s, int signum)
+{
+    (void)s;
+    (void)signum;
+    char err[1100];
+    if (log_reopen(err, sizeof(err)) != 0)
+        log_error(NULL, "SIGUSR1: cannot reopen a log file, writing to the old one: %s", err);
+    else
+        log_info(NULL, "SIGUSR1: log files reopened");
 }
 
 static const char *env_lookup(const char *name) { return getenv(name); }
@@ -159,7 +176,11 @@ static int run(const char *path)
         fprintf(stderr, "tollgate: %s\n", err);
         return 1;
     }
-    apply_logging(cfg);
+    if (apply_logging(cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tollgate: log: %s\n", err);
+        config_unref(cfg);
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
     if (cfg->database.url && cfg->secrets.n == 0) {
         fprintf(stderr,
@@ -196,11 +217,13 @@ static int run(const char *path)
     uv_signal_init(a.loop, &a.sigterm);
     uv_signal_init(a.loop, &a.sigint);
     uv_signal_init(a.loop, &a.sighup);
+    uv_signal_init(a.loop, &a.sigusr1);
     uv_timer_init(a.loop, &a.deadline);
-    a.sigterm.data = a.sigint.data = a.sighup.data = a.deadline.data = &a;
+    a.sigterm.data = a.sigint.data = a.sighup.data = a.sigusr1.data = a.deadline.data = &a;
     uv_signal_start(&a.sigterm, on_stop_signal, SIGTERM);
     uv_signal_start(&a.sigint, on_stop_signal, SIGINT);
     uv_signal_start(&a.sighup, on_hup, SIGHUP);
+    uv_signal_start(&a.sigusr1, on_usr1, SIGUSR1);
 
     const char *host = cfg->listen.host;
     log_info(NULL, "tollgate %s listening on %s%s%s:%u (%s, %zu providers, %zu models, %zu keys)",
@@ -225,6 +248,10 @@ static int run(const char *path)
                 gateway_port(a.gw), demo_key);
         memset(demo_key, 0, sizeof(demo_key));
     }
+    if (cfg->workers > 1)
+        log_warn(NULL, "workers: %u asked for; this version runs one loop (one core): "
+                       "run more instances to use more cores",
+                 cfg->workers);
     /* the gateway holds its own reference from here on */
     a.drain_ms = cfg->drain_timeout_ms;
     config_unref(cfg);

@@ -9,6 +9,7 @@
 
 #include "daemon/base/clock.h"
 #include "daemon/base/log.h"
+#include "daemon/metrics.h"
 
 struct route_table {
     const config *cfg;         /* own reference */
@@ -318,26 +319,11 @@ void route_note_retry(route_set *s, uint32_t i, bool same)
         s->health[i].fallbacks++;
 }
 
-/* A label value in the text format: \\, \" and \n escaped. */
-static int prom_label(buf *out, const char *v)
-{
-    int rc = 0;
-    for (const char *p = v; *p && !rc; p++) {
-        if (*p == '\\' || *p == '"')
-            rc = buf_printf(out, "\\%c", *p);
-        else if (*p == '\n')
-            rc = buf_append_str(out, "\\n");
-        else
-            rc = buf_append(out, p, 1);
-    }
-    return rc;
-}
-
 typedef enum { M_ATTEMPTS, M_RETRIES, M_FALLBACKS, M_CIRCUIT, M_INFLIGHT, M_N } metric;
 
 static const struct {
     const char *name, *type, *help;
-} metrics[M_N] = {
+} route_metrics[M_N] = {
     {"tollgate_route_attempts_total", "counter",
      "Upstream attempts by alias, route and outcome (ok, fail, neutral)."},
     {"tollgate_route_retries_total", "counter", "Failed attempts tried again on the same route."},
@@ -357,13 +343,13 @@ static int set_metric(const route_set *s, metric m, uint64_t now_ns, buf *out)
         uint64_t v[3] = {h->lat_n, st.failures, st.requests - h->lat_n - st.failures};
         static const char *const outcome[3] = {"ok", "fail", "neutral"};
         for (int k = 0; k < (m == M_ATTEMPTS ? 3 : 1) && !rc; k++) {
-            rc = buf_printf(out, "%s{alias=\"", metrics[m].name);
+            rc = buf_printf(out, "%s{alias=\"", route_metrics[m].name);
             if (!rc)
-                rc = prom_label(out, s->alias);
+                rc = metrics_label(out, s->alias);
             if (!rc)
                 rc = buf_append_str(out, "\",route=\"");
             if (!rc)
-                rc = prom_label(out, s->labels[i]);
+                rc = metrics_label(out, s->labels[i]);
             if (!rc && m == M_ATTEMPTS)
                 rc = buf_printf(out, "\",outcome=\"%s", outcome[k]);
             uint64_t val = m == M_ATTEMPTS    ? v[k]
@@ -382,8 +368,8 @@ int route_table_metrics(route_table *t, uint64_t now_ns, buf *out)
 {
     int rc = 0;
     for (int m = 0; m < M_N && !rc; m++) {
-        rc = buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", metrics[m].name, metrics[m].help,
-                        metrics[m].name, metrics[m].type);
+        rc = buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", route_metrics[m].name, route_metrics[m].help,
+                        route_metrics[m].name, route_metrics[m].type);
         for (size_t i = 0; !rc && i < t->cfg->nmodels; i++)
             rc = set_metric(t->by_model[i], (metric)m, now_ns, out);
         for (int l = 0; !rc && l < CONFIG_NLEVELS; l++)

@@ -1,6 +1,9 @@
 /* log.c - operational and access log. */
 #include "daemon/base/log.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,6 +14,92 @@
 static volatile int log_min = LOG_INFO;
 static volatile int access_on = 1;
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+/* Where lines go. fd is 1 or 2 for the standard streams, else a file of
+ * ours opened at path; log_reopen dup2s a fresh one onto the same number.
+ * The lock serialises log_open/log_reopen (the config thread, SIGUSR1);
+ * writers read fd without it (an int, and the number never changes while
+ * a file target stays one). */
+typedef struct log_target {
+    volatile int fd;
+    char path[1024];
+} log_target;
+
+static log_target op_out = {2, ""}, access_out = {1, ""};
+static pthread_mutex_t target_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int open_path(const char *path, char *err, size_t errlen)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0)
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    return fd;
+}
+
+/* Points t at spec ("stdout", "stderr", a path); keeps it on failure. */
+static int target_set(log_target *t, const char *spec, char *err, size_t errlen)
+{
+    if (!spec)
+        return 0;
+    int std = strcmp(spec, "stdout") == 0 ? 1 : strcmp(spec, "stderr") == 0 ? 2 : -1;
+    if (std > 0) {
+        if (t->fd > 2)
+            dup2(std, t->fd); /* never closed under a writer */
+        else
+            t->fd = std;
+        t->path[0] = '\0';
+        return 0;
+    }
+    if (strlen(spec) >= sizeof(t->path)) {
+        snprintf(err, errlen, "log file path longer than %zu bytes", sizeof(t->path) - 1);
+        return -1;
+    }
+    int fd = open_path(spec, err, errlen);
+    if (fd < 0)
+        return -1;
+    if (t->fd > 2) { /* the same number stays valid for writers */
+        dup2(fd, t->fd);
+        close(fd);
+    } else {
+        t->fd = fd;
+    }
+    snprintf(t->path, sizeof(t->path), "%s", spec);
+    return 0;
+}
+
+int log_open(const char *op, const char *access, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&target_lock);
+    int rc = target_set(&op_out, op, err, errlen);
+    if (!rc)
+        rc = target_set(&access_out, access, err, errlen);
+    pthread_mutex_unlock(&target_lock);
+    return rc;
+}
+
+int log_reopen(char *err, size_t errlen)
+{
+    int rc = 0;
+    pthread_mutex_lock(&target_lock);
+    log_target *ts[2] = {&op_out, &access_out};
+    for (int i = 0; i < 2; i++) {
+        if (!ts[i]->path[0] || ts[i]->fd <= 2)
+            continue;
+        if (i == 1 && ts[0]->path[0] && strcmp(ts[0]->path, ts[1]->path) == 0) {
+            dup2(ts[0]->fd, ts[1]->fd); /* one file for both: one open */
+            continue;
+        }
+        int fd = open_path(ts[i]->path, err, errlen);
+        if (fd < 0) {
+            rc = -1;
+            continue;
+        }
+        dup2(fd, ts[i]->fd);
+        close(fd);
+    }
+    pthread_mutex_unlock(&target_lock);
+    return rc;
+}
 
 void log_set_level(enum log_level lvl) { log_min = (int)lvl; }
 void log_set_access(int on) { access_on = on; }
@@ -71,7 +160,7 @@ void log_msg(enum log_level lvl, const char *ctx, const char *fmt, ...)
         if (line[i] == '\n' || line[i] == '\r')
             line[i] = ' ';
     line[n++] = '\n';
-    write_all(2, line, n);
+    write_all(op_out.fd, line, n);
 }
 
 void log_access(const char *line, size_t len)
@@ -82,9 +171,9 @@ void log_access(const char *line, size_t len)
     if (len + 1 <= sizeof(stackbuf)) {
         memcpy(stackbuf, line, len);
         stackbuf[len] = '\n';
-        write_all(1, stackbuf, len + 1);
+        write_all(access_out.fd, stackbuf, len + 1);
     } else {
-        write_all(1, line, len);
-        write_all(1, "\n", 1);
+        write_all(access_out.fd, line, len);
+        write_all(access_out.fd, "\n", 1);
     }
 }

@@ -1,11 +1,16 @@
 /* log.h - operational log with levels, and the access-log line sink.
  *
- * Operational lines go to stderr:  <iso time> <level> [<ctx>] <message>
+ * Operational lines:  <iso time> <level> [<ctx>] <message>
  * ctx names the object the line is about ("conn 12", "upstream openai"),
  * or NULL. Secrets never go into a log line: callers pass aliases and
- * prefixes, never keys. The access log (one JSON object a line) goes to
- * stdout through log_access(). Both writes are single write(2) calls of a
- * whole line, so lines from several threads never interleave. */
+ * prefixes, never keys. The access log is one JSON object a line
+ * (log_access()). Until log_open() operational lines go to stderr and the
+ * access log to stdout; the daemon then sends each where the config says
+ * (log.file, log.access_file: stdout, stderr or a file appended to).
+ * Every line is one write(2) of the whole line, so lines from several
+ * threads never interleave; log_reopen() (SIGUSR1, after a log rotation)
+ * swaps the files in with dup2, so a writer never sees a closed
+ * descriptor. */
 #ifndef TG_BASE_LOG_H
 #define TG_BASE_LOG_H
 
@@ -25,6 +30,15 @@ void log_msg(enum log_level lvl, const char *ctx, const char *fmt, ...)
 void log_access(const char *line, size_t len);
 /* Disables the access log (config log.access: false). */
 void log_set_access(int on);
+/* Sends operational lines to op and access lines to access: "stdout",
+ * "stderr" or a file path (created 0640, appended to); NULL keeps the
+ * current target. 0, or -1 with a reason in err (the current targets
+ * are kept). */
+int log_open(const char *op, const char *access, char *err, size_t errlen);
+/* Opens the file targets again by path (after a rotation moved them).
+ * 0, or -1 with a reason in err (a target that cannot be opened keeps its
+ * old file). */
+int log_reopen(char *err, size_t errlen);
 
 #define log_error(ctx, ...) log_msg(LOG_ERROR, ctx, __VA_ARGS__)
 #define log_warn(ctx, ...) log_msg(LOG_WARN, ctx, __VA_ARGS__)

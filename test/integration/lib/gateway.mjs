@@ -23,6 +23,9 @@ export const UPSTREAM_KEY = 'test-upstream-key';
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** An operational log line: <ISO time> <level> ... */
+export const OP_LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (error|warn |info |debug) /;
+
 /* ------------------------------------------------------------------ config */
 
 const PLAIN = /^[A-Za-z_][A-Za-z0-9_./-]*$/;
@@ -176,8 +179,10 @@ export class Gateway extends EventEmitter {
     this.port = null;
     /** Every stdout line parsed as JSON (the access log). */
     this.accessLog = [];
-    /** stdout lines that were not JSON objects (the contract allows none). */
+    /** stdout lines that were neither JSON objects nor operational log lines. */
     this.stdoutGarbage = [];
+    /** operational log lines that came on stdout (also in stderrLines). */
+    this.stdoutOpLines = [];
     /** stderr, as lines (operational log). */
     this.stderrLines = [];
     /** {code, signal} once the process has exited, else null. */
@@ -329,8 +334,22 @@ export async function startGateway(config, { env = {}, args = [], readyTimeoutMs
   };
   child.stdout.setEncoding('utf8');
   child.stderr.setEncoding('utf8');
+  // operational lines (log.file, stdout by default) and whatever the
+  // process writes to stderr (sanitizers, startup errors) are both
+  // "stderr lines" here; access-log lines (log.access_file, stdout by
+  // default) are JSON objects; anything else on stdout is garbage
+  const opLine = (line) => {
+    gw.stderrLines.push(line);
+    if (process.env.TG_IT_VERBOSE) process.stderr.write(`[tollgate ${child.pid}] ${line}\n`);
+    gw.emit('stderr', line);
+  };
   child.stdout.on('data', lineReader((line) => {
     if (line === '') return;
+    if (OP_LINE.test(line)) {
+      gw.stdoutOpLines.push(line);
+      opLine(line);
+      return;
+    }
     try {
       const v = JSON.parse(line);
       if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new Error('not an object');
@@ -340,11 +359,7 @@ export async function startGateway(config, { env = {}, args = [], readyTimeoutMs
       gw.stdoutGarbage.push(line);
     }
   }));
-  child.stderr.on('data', lineReader((line) => {
-    gw.stderrLines.push(line);
-    if (process.env.TG_IT_VERBOSE) process.stderr.write(`[tollgate ${child.pid}] ${line}\n`);
-    gw.emit('stderr', line);
-  }));
+  child.stderr.on('data', lineReader(opLine));
   child.on('exit', (code, signal) => {
     gw.exit = { code, signal };
     gw.exitAt = performance.now();

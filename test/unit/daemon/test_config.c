@@ -320,6 +320,9 @@ static void test_defaults_and_empty(void **state)
         assert_int_equal(cfg->workers, 1);
         assert_int_equal(cfg->log_level, LOG_INFO);
         assert_true(cfg->log_access);
+        assert_string_equal(cfg->log_file, "stdout");
+        assert_string_equal(cfg->log_access_file, "stdout");
+        assert_false(cfg->metrics_key_labels);
         assert_int_equal(cfg->max_body_bytes, 4u << 20);
         assert_int_equal(cfg->max_header_bytes, 16384);
         assert_int_equal(cfg->max_headers, 100);
@@ -393,7 +396,7 @@ static void test_errors_top_level(void **state)
     (void)state;
     fake_env = NULL;
     expect_error("listen: 127.0.0.1:8080\nlistn: x\n", "t.yaml:2: listn: unknown key",
-                 "expected one of: listen, workers, log, limits, timeouts, tokenizer_dir, prices_file, database, secrets, admin, ledger, instance_id, billing, budgets, proxy, routing, providers", NULL);
+                 "expected one of: listen, workers, log, metrics, limits, timeouts, tokenizer_dir, prices_file, database, secrets, admin, ledger, instance_id, billing, budgets, proxy, routing, providers", NULL);
     expect_error("log:\n  level: info\n  colour: true\n", "t.yaml:3: log.colour: unknown key",
                  "level, access", NULL);
     expect_error("timeouts.header: 5s\n", "t.yaml:1:", "unknown key", NULL);
