@@ -73,6 +73,8 @@ struct gateway {
     route_table *routes;      /* every alias's routes and their state (this config's) */
     checks *checks;           /* active health checks of providers, NULL when none */
     uv_timer_t retry_timer;   /* starts the next attempt of the calls in retries */
+    uv_timer_t park_timer;    /* re-checks the parked requests (data set once used) */
+    struct parked *parked;    /* requests waiting for the key cache's first load */
     struct call *retries;     /* calls waiting to retry, soonest first */
     store *store;             /* PostgreSQL state and the tenancy cache; NULL in DB-less mode */
     ledger *ledger;           /* one row per call: spool, then the database */
@@ -3232,9 +3234,108 @@ static void handle_metrics(gateway *gw, http_req *req)
     buf_free(&b);
 }
 
+/* A request that arrives while the key cache's first load is under way
+ * (the instance has just started and the database is answering) waits for
+ * the load, up to GW_PARK_MS, rather than get a 503 key_store_unavailable:
+ * a proxy in front does not retry a POST it has sent. When the database is
+ * known to be away the 503 comes at once, as before. Health checks, metrics
+ * and the admin API never wait, nor do config keys. */
+#define GW_PARK_MS 5000
+#define GW_PARK_TICK_MS 10
+
+typedef struct parked {
+    http_req *req; /* NULL once aborted */
+    uint64_t until_ns;
+    struct parked *prev, *next;
+} parked;
+
+static void on_request_now(gateway *gw, http_req *req);
+
+static void park_unlink(gateway *gw, parked *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        gw->parked = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+}
+
+static void park_abort(http_req *req, void *ud)
+{
+    (void)req;
+    parked *p = ud;
+    p->req = NULL; /* freed by park_tick or gateway_close */
+}
+
+static void park_tick(uv_timer_t *t)
+{
+    gateway *gw = t->data;
+    bool wait = store_loading(gw->store) && !http_server_draining(gw->srv);
+    uint64_t now = clock_mono_ns();
+    for (parked *p = gw->parked, *next; p; p = next) {
+        next = p->next;
+        if (p->req && wait && now < p->until_ns)
+            continue;
+        park_unlink(gw, p);
+        http_req *req = p->req;
+        free(p);
+        if (req) {
+            req->on_abort = NULL;
+            req->app = NULL;
+            on_request_now(gw, req);
+        }
+    }
+    if (!gw->parked)
+        uv_timer_stop(&gw->park_timer);
+}
+
+static bool park_request(gateway *gw, http_req *req)
+{
+    if (!gw->store || gw->closing || !store_loading(gw->store))
+        return false;
+    bool prefixed = req->path.len >= 7 && (memcmp(req->path.p, "/health", 7) == 0 ||
+                                           memcmp(req->path.p, "/admin/", 7) == 0);
+    if (prefixed || slice_eq(req->path, "/metrics"))
+        return false;
+    slice k = presented_key(req);
+    if (!k.len)
+        return false;
+    uint8_t d[CRYPTO_SHA256_LEN];
+    crypto_sha256(k.p, k.len, d);
+    if (config_find_key_digest(gw->cfg, d))
+        return false; /* a config key needs no cache */
+    if (!gw->park_timer.data) {
+        if (uv_timer_init(gw->loop, &gw->park_timer) != 0)
+            return false;
+        gw->park_timer.data = gw;
+    }
+    parked *p = calloc(1, sizeof(*p));
+    if (!p)
+        return false;
+    p->req = req;
+    p->until_ns = clock_mono_ns() + (uint64_t)GW_PARK_MS * 1000000u;
+    p->next = gw->parked;
+    if (gw->parked)
+        gw->parked->prev = p;
+    gw->parked = p;
+    req->app = p;
+    req->on_abort = park_abort;
+    if (!uv_is_active((uv_handle_t *)&gw->park_timer))
+        uv_timer_start(&gw->park_timer, park_tick, GW_PARK_TICK_MS, GW_PARK_TICK_MS);
+    return true;
+}
+
 static void on_request(http_req *req, void *ud)
 {
     gateway *gw = ud;
+    if (park_request(gw, req))
+        return;
+    on_request_now(gw, req);
+}
+
+static void on_request_now(gateway *gw, http_req *req)
+{
     if (slice_eq(req->path, "/metrics") && req->method == HTTP_GET) {
         handle_metrics(gw, req);
         return;
@@ -3611,6 +3712,13 @@ void gateway_close(gateway *gw)
     httpc_pool_close(gw->pool);
     if (gw->retry_timer.data)
         uv_close((uv_handle_t *)&gw->retry_timer, NULL);
+    while (gw->parked) { /* their requests were aborted by close_all */
+        parked *p = gw->parked;
+        park_unlink(gw, p);
+        free(p);
+    }
+    if (gw->park_timer.data)
+        uv_close((uv_handle_t *)&gw->park_timer, NULL);
     if (gw->ledger)
         ledger_close(gw->ledger);
     if (gw->leases)

@@ -9,6 +9,7 @@
 #include "daemon/http_server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <llhttp.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "crypto/crypto.h"
 #include "daemon/base/clock.h"
@@ -27,6 +29,14 @@
 #define HTTP_LOW_WATER (64 * 1024)    /* ... and that resume it */
 #define HTTP_PIPELINE_CAP (256 * 1024) /* buffered bytes of later requests */
 #define HTTP_LINGER_MS 2000
+/* While draining, how long an idle keep-alive connection still waits for a
+ * request (capped by the idle timeout). Closing it at once would race with
+ * a proxy that has just picked it from its pool: a POST it already sent is
+ * lost (nginx does not retry it: 502). A proxy still sending here reuses it
+ * within this time and gets its answer with Connection: close; one that has
+ * stopped sending here never notices the close. */
+#define HTTP_DRAIN_IDLE_MS 1000
+#define HTTP_DRAIN_ACCEPT_MAX 1024 /* queued connections taken in when the listener closes */
 
 enum conn_timer {
     TIMER_NONE,
@@ -178,6 +188,13 @@ slice http_req_header(const http_req *req, const char *name)
     return (slice){NULL, 0};
 }
 
+/* The wait for the next request on an idle connection: ms, cut to
+ * HTTP_DRAIN_IDLE_MS while draining. */
+static uint32_t conn_idle_ms(const http_conn *c, uint32_t ms)
+{
+    return c->srv->draining && ms > HTTP_DRAIN_IDLE_MS ? HTTP_DRAIN_IDLE_MS : ms;
+}
+
 static void timer_arm(http_conn *c, enum conn_timer st, uint32_t ms)
 {
     c->tstate = st;
@@ -216,7 +233,7 @@ static void write_cb(uv_write_t *w, int status)
     }
     if (c->pending == 0 && !c->req && !c->shut &&
         (c->tstate == TIMER_NONE || c->tstate == TIMER_SEND))
-        timer_arm(c, TIMER_IDLE, c->srv->limits.idle_timeout_ms);
+        timer_arm(c, TIMER_IDLE, conn_idle_ms(c, c->srv->limits.idle_timeout_ms));
     if (c->want_drain && c->pending <= HTTP_LOW_WATER && c->req &&
         c->req->pub.state == REQ_STREAMING) {
         c->want_drain = false;
@@ -340,8 +357,12 @@ static void req_finish(http_conn *c)
     r->pub.state = REQ_DONE;
     c->req = NULL;
     req_free(r);
-    if (c->close_after || c->srv->draining) {
-        c->close_after = true;
+    /* Close only after a response that said so. One that promised
+     * keep-alive (sent before a drain began) leaves the connection open:
+     * the client may be sending its next request on it right now; that one
+     * is answered with Connection: close (conn_should_close), and an idle
+     * wait is short while draining (conn_idle_ms). */
+    if (c->close_after) {
         if (c->pending == 0)
             conn_close_graceful(c);
         return;
@@ -356,7 +377,7 @@ static void req_finish(http_conn *c)
         timer_arm(c, c->srv->limits.send_timeout_ms ? TIMER_SEND : TIMER_NONE,
                   c->srv->limits.send_timeout_ms);
     else
-        timer_arm(c, TIMER_IDLE, c->srv->limits.idle_timeout_ms);
+        timer_arm(c, TIMER_IDLE, conn_idle_ms(c, c->srv->limits.idle_timeout_ms));
     if (!c->reading && !c->closing) {
         c->reading = true;
         uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, conn_read_cb);
@@ -849,7 +870,8 @@ static void timer_cb(uv_timer_t *t)
         conn_process(c);
         if (!c->closing && !c->parser_paused && c->tstate == TIMER_NONE)
             timer_arm(c, c->req ? TIMER_HEADER : TIMER_IDLE,
-                      c->req ? c->srv->limits.header_timeout_ms : c->srv->limits.idle_timeout_ms);
+                      c->req ? c->srv->limits.header_timeout_ms
+                             : conn_idle_ms(c, c->srv->limits.idle_timeout_ms));
         break;
     case TIMER_NONE:
         break;
@@ -934,16 +956,13 @@ static void conn_close_graceful(http_conn *c)
     }
 }
 
-static void accept_cb(uv_stream_t *ls, int status)
+/* A new connection's handles, on the server's list; its socket is not
+ * attached yet. NULL when out of memory. */
+static http_conn *conn_new(http_server *s)
 {
-    http_server *s = ls->data;
-    if (status < 0) {
-        log_warn(NULL, "accept failed: %s", uv_strerror(status));
-        return;
-    }
     http_conn *c = calloc(1, sizeof(*c));
     if (!c)
-        return;
+        return NULL;
     c->srv = s;
     c->id = ++s->next_conn_id;
     uv_tcp_init(s->loop, &c->tcp);
@@ -956,17 +975,70 @@ static void accept_cb(uv_stream_t *ls, int status)
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
-    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0 || s->draining) {
-        conn_close(c);
-        return;
-    }
+    return c;
+}
+
+/* The socket is attached: start reading the first request. */
+static void conn_start(http_conn *c)
+{
     uv_tcp_nodelay(&c->tcp, 1);
     llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
     c->parser.data = c;
     c->reading = true;
     uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, conn_read_cb);
     /* nothing sent at all within the header timeout: close silently */
-    timer_arm(c, TIMER_IDLE, s->limits.header_timeout_ms);
+    timer_arm(c, TIMER_IDLE, conn_idle_ms(c, c->srv->limits.header_timeout_ms));
+}
+
+static void accept_cb(uv_stream_t *ls, int status)
+{
+    http_server *s = ls->data;
+    if (status < 0) {
+        log_warn(NULL, "accept failed: %s", uv_strerror(status));
+        return;
+    }
+    http_conn *c = conn_new(s);
+    if (!c)
+        return;
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    conn_start(c);
+}
+
+/* Takes in every connection the kernel has queued on the listener, before
+ * it closes: closing a listener resets the connections still in its
+ * backlog, and their clients may have sent a request already (a proxy
+ * does not retry a POST it has sent: 502). They are served like the
+ * others during the drain. */
+static void accept_queued(http_server *s)
+{
+    uv_os_fd_t lfd;
+    if (uv_fileno((const uv_handle_t *)&s->listener, &lfd) != 0)
+        return;
+    for (int i = 0; i < HTTP_DRAIN_ACCEPT_MAX; i++) {
+        int fd = accept(lfd, NULL, NULL);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN)
+                log_warn(NULL, "accept while draining: %s", strerror(errno));
+            return;
+        }
+        (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+        http_conn *c = conn_new(s);
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        if (uv_tcp_open(&c->tcp, fd) != 0) { /* sets O_NONBLOCK */
+            close(fd);
+            conn_close(c);
+            continue;
+        }
+        conn_start(c);
+    }
 }
 
 /* ---------------------------------------------------------------- server */
@@ -1044,16 +1116,21 @@ void http_server_drain(http_server *s, void (*done)(void *), void *ud)
     s->drain_done = done;
     s->drain_ud = ud;
     if (s->listening) {
+        accept_queued(s);
         s->listening = false;
         s->listener_closing = true;
         uv_close((uv_handle_t *)&s->listener, listener_closed_cb);
     }
-    for (http_conn *c = s->conns, *next; c; c = next) {
-        next = c->next;
-        c->close_after = true;
-        /* idle ones go now; the others are answered, then closed */
-        if (!c->req && c->pending == 0)
-            conn_close(c);
+    /* Nothing is cut: a request in flight is answered (with Connection:
+     * close unless its response has begun), and an idle connection gets a
+     * short last wait (conn_idle_ms), in which a request is still answered
+     * with Connection: close; then it closes. */
+    uint32_t idle = s->limits.idle_timeout_ms < HTTP_DRAIN_IDLE_MS ? s->limits.idle_timeout_ms
+                                                                  : HTTP_DRAIN_IDLE_MS;
+    for (http_conn *c = s->conns; c; c = c->next) {
+        if (c->tstate == TIMER_IDLE && !c->req && c->pending == 0 &&
+            uv_timer_get_due_in(&c->timer) > idle)
+            timer_arm(c, TIMER_IDLE, idle);
     }
     if (s->nconns == 0 && !s->listener_closing && s->drain_done) {
         s->drain_done = NULL;

@@ -94,9 +94,16 @@ int http_server_listen(http_server *s, const char *host, uint16_t port)
     __attribute__((warn_unused_result));
 /* The port actually bound (useful after port 0). */
 uint16_t http_server_port(const http_server *s);
-/* Starts draining: closes the listener, closes idle connections, asks the
- * others to close after their current response. done(ud) runs once when the
- * last connection has closed (maybe before this returns if there are none). */
+/* Starts draining: takes in the connections queued on the listener, then
+ * closes it (new connections are refused, so a proxy sends them
+ * elsewhere). Nothing open is cut: a request in flight or arriving is
+ * answered, with Connection: close unless its response has begun, and the
+ * connection closes after that response; an idle keep-alive connection
+ * (also one whose response promised keep-alive before the drain) waits
+ * at most min(idle timeout, 1 s) more for a request, then closes. So a
+ * proxy that reuses a pooled connection just as the drain starts is
+ * answered, not reset. done(ud) runs once when the last connection has
+ * closed (maybe before this returns if there are none). */
 void http_server_drain(http_server *s, void (*done)(void *), void *ud);
 /* Aborts every remaining request and closes every connection now. */
 void http_server_close_all(http_server *s);

@@ -1576,6 +1576,8 @@ bool pg_pool_ready(const pg_pool *p)
     return false;
 }
 
+bool pg_pool_trouble(const pg_pool *p) { return p->last_error[0] != '\0'; }
+
 void pg_pool_retry_now(pg_pool *p)
 {
     if (p && !p->closing)

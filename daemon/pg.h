@@ -140,6 +140,10 @@ int pg_listen(pg_pool *p, const char *channel, pg_notify_cb cb, void *ud) PG_MUS
  * noticed without a query). /health/ready reports 503 while false. */
 bool pg_pool_ready(const pg_pool *p);
 
+/* True when the last connection attempt failed or a connection was lost,
+ * and none has come up since (the database is away, as far as we know). */
+bool pg_pool_trouble(const pg_pool *p);
+
 /* Connections waiting out a reconnect backoff try again at once (a drain
  * about to give leases back and flush the ledger has no time to wait out
  * a backoff that grew while the database was away). */

@@ -1016,6 +1016,11 @@ bool store_ready(const store *s)
     return s->schema_ok && tenants_loaded(s->cache) && pg_pool_ready(s->pool);
 }
 
+bool store_loading(const store *s)
+{
+    return !s->closing && !s->failed && !tenants_loaded(s->cache) && !pg_pool_trouble(s->pool);
+}
+
 const char *store_status(const store *s)
 {
     if (s->failed || !s->schema_ok || !tenants_loaded(s->cache))

@@ -46,6 +46,10 @@ pg_pool *store_pool(store *s);
 /* Ready: the schema was checked, a full load has completed, and a query
  * connection is up. */
 bool store_ready(const store *s);
+/* True while the first load of the tenancy cache is under way and the
+ * database has not failed so far (the instance has just started): a
+ * request with a key the cache does not have yet may wait for it. */
+bool store_loading(const store *s);
 /* Why not ready, for /health/ready ("database unreachable", ...); "" when
  * ready. */
 const char *store_status(const store *s);

@@ -13,23 +13,12 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import net from 'node:net';
 import { spawn, spawnSync } from 'node:child_process';
 import { startGateway, runTollgate, toYaml, baseConfig, sleep, KEY, newRequestId } from './lib/gateway.mjs';
 import { startMigratedPg, dbConfig, waitReady, adminClient, makeTenant } from './lib/tenancy.mjs';
+import { freePort } from './lib/nginx.mjs';
 
 const T = { timeout: 60000 };
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function chat(gw, key, { model = 'mock-1', stream = false, id = newRequestId('obs') } = {}) {
   const r = await fetch(gw.url('/v1/chat/completions'), {

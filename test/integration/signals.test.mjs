@@ -44,8 +44,25 @@ describe('SIGTERM', () => {
       await conn.waitUntil(() => r.bodyLength > 0, 5000, 'the first chunk');
       assert.equal(r.complete, false, 'the stream is still running (40 tokens at 20/s)');
 
+      // An idle keep-alive connection, as a proxy's pool holds them.
+      const idle = await RawConn.open(gw.port);
+      await idle.write({ method: 'GET', path: '/health' });
+      const first = await idle.next(5000);
+      assert.equal(first.status, 200);
+      assert.notEqual(first.headers.connection, 'close');
+
       const t0 = performance.now();
+      const mark = gw.stderrLines.length;
       gw.signal('SIGTERM');
+      // A request on the pooled connection just after the drain began (a
+      // proxy that picked it from its pool) is answered, told to close, and
+      // then the connection closes: it is not cut under the request.
+      await gw.waitForStderr(/draining/i, 5000, mark);
+      await idle.write(chatRequest({ model: 'mock-1', extra: { max_tokens: 2 } }));
+      const onIdle = await idle.next(5000);
+      assert.equal(onIdle.status, 200, onIdle.text());
+      assert.equal(onIdle.headers.connection, 'close');
+      assert.ok(await idle.waitClosed(2000), 'closed after the answer');
       // Readiness flips promptly; a probe on a fresh connection never sees 200 again.
       let ready;
       const deadline = performance.now() + 1500;

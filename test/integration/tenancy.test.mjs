@@ -554,6 +554,43 @@ describe('start-up with a database', () => {
     assert.match(r.stderr, /9999/);
   });
 
+  it('calls arriving before the key cache is loaded wait for it (a just-started instance behind a proxy)', T, async (t) => {
+    // a key made through a first instance, then a fresh instance asked at
+    // once: its listener opens before the cache has loaded; a proxy that
+    // sends a POST there cannot retry a 503 it gets for it
+    const first = await startGateway(dbConfig(pg));
+    let ten;
+    try {
+      await waitReady(first);
+      ten = await makeTenant(adminClient(first), 'early');
+    } finally {
+      await first.stop();
+    }
+    // the first load takes a while (a migration holds virtual_keys, say)
+    const locker = spawn('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', pg.conninfo], { stdio: ['pipe', 'ignore', 'pipe'] });
+    const lockerDone = new Promise((res) => locker.on('close', res));
+    let gw;
+    try {
+      locker.stdin.end('BEGIN;\nLOCK TABLE virtual_keys IN ACCESS EXCLUSIVE MODE;\nSELECT pg_sleep(1.5);\nCOMMIT;\n');
+      const locked = await pollUntil(() => ({
+        ok: pg.query("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'virtual_keys' AND l.mode = 'AccessExclusiveLock' AND l.granted").trim() === '1',
+      }), { limitMs: 3000 });
+      assert.ok(locked.ms < Infinity, 'the lock is held');
+      gw = await startGateway(dbConfig(pg));
+      const t0 = performance.now();
+      const rs = await Promise.all(Array.from({ length: 20 }, () => chat(gw, ten.secret)));
+      t.diagnostic(`20 calls right after the listener opened, the cache loading: ${(performance.now() - t0).toFixed(0)} ms`);
+      assert.equal(await lockerDone, 0, 'the locking session committed');
+      assert.deepEqual(rs.map((r) => r.status), Array(20).fill(200), rs.map((r) => r.text).join('\n'));
+      // an unknown key is still a 401 once the cache is there
+      assert.equal((await chat(gw, newSecret())).status, 401);
+    } finally {
+      locker.kill('SIGKILL');
+      await gw?.stop();
+    }
+    assert.deepEqual(gw.sanitizerReports(), []);
+  });
+
   it('a database unreachable at start: up, not ready, config keys work; ready once it comes up', { timeout: 40000 }, async (t) => {
     await pg.pause();
     let gw;

@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <llhttp.h>
@@ -2028,12 +2030,18 @@ static void test_drain(void **state)
     run_int_ge(&e, &e.a.requests, 2);
     assert_int_equal(http_server_nconns(e.srv), 2);
 
+    uint64_t t_drain = uv_now(&e.loop);
     http_server_drain(e.srv, drain_done_cb, &e);
     assert_true(http_server_draining(e.srv));
-    /* the idle one goes at once, silently */
+    /* the idle one is not cut at once (its client may be sending on it
+     * right now), but after min(idle timeout 2 s, 1 s), silently */
+    run_for(&e, 100);
+    assert_false(idle.ended);
     run_ended(&e, &idle);
     assert_true(idle.eof);
     assert_int_equal(idle.in.len, idle_got);
+    assert_true(idle.t_end - t_drain >= 900);
+    assert_true(idle.t_end - t_drain < 1900);
     assert_false(busy.ended);
     assert_int_equal(busy.in.len, 0);
     assert_int_equal(e.a.aborts, 0);
@@ -2065,6 +2073,129 @@ static void test_drain(void **state)
     assert_int_equal(e.drain_done, 1);
     assert_int_equal(http_server_nconns(e.srv), 0);
     assert_int_equal(e.a.aborts, 0);
+    env_done(&e);
+}
+
+/* A proxy that picks an idle pooled connection just as the drain starts
+ * sends its request on it: the request is answered (Connection: close),
+ * not lost to a close that crossed it. */
+static void test_drain_answers_on_idle_connection(void **state)
+{
+    (void)state;
+    http_limits lim = limits_default();
+    env e;
+    env_init(&e, &lim);
+    client c;
+    client_open(&e, &c);
+    client_send_str(&c, "GET /echo HTTP/1.1\r\n\r\n");
+    run_final(&e, &c, 1);
+    http_server_drain(e.srv, drain_done_cb, &e);
+    run_for(&e, 50);
+    assert_false(c.ended);
+    client_send_str(&c, "POST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+    run_ended(&e, &c);
+    assert_true(c.eof);
+    assert_int_equal(c.write_errs, 0);
+    resp_list l;
+    resps_get(&c, 0, &l);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.used, c.in.len);
+    assert_null(resp_header(&l.r[0], "connection")); /* keep-alive */
+    assert_int_equal(l.r[1].status, 200);
+    assert_string_equal(resp_header(&l.r[1], "connection"), "close");
+    resps_free(&l);
+    assert_int_equal(e.a.requests, 2);
+    run_int_ge(&e, &e.drain_done, 1);
+    assert_int_equal(http_server_nconns(e.srv), 0);
+    env_done(&e);
+}
+
+/* A response that began before the drain promised keep-alive: the
+ * connection stays open after it (the client may reuse it at once), and
+ * the next request is answered with Connection: close. */
+static void test_drain_keeps_promised_keep_alive(void **state)
+{
+    (void)state;
+    http_limits lim = limits_default();
+    env e;
+    env_init(&e, &lim);
+    client c;
+    client_open(&e, &c);
+    client_send_str(&c, "GET /stream?chunk=10&n=5&ms=40 HTTP/1.1\r\n\r\n");
+    assert_true(run_until(&e, pred_has_bytes, &c, RUN_GUARD_MS));
+    http_server_drain(e.srv, drain_done_cb, &e);
+    run_int_ge(&e, &e.a.stream_ends, 1);
+    run_final(&e, &c, 1);
+    run_for(&e, 100);
+    assert_false(c.ended);
+    client_send_str(&c, "GET /echo HTTP/1.1\r\n\r\n");
+    run_ended(&e, &c);
+    assert_true(c.eof);
+    resp_list l;
+    resps_get(&c, 0, &l);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(l.used, c.in.len);
+    assert_true(l.r[0].chunked);
+    assert_int_equal(l.r[0].body.len, 50);
+    assert_null(resp_header(&l.r[0], "connection"));
+    assert_int_equal(l.r[1].status, 200);
+    assert_string_equal(resp_header(&l.r[1], "connection"), "close");
+    resps_free(&l);
+    run_int_ge(&e, &e.drain_done, 1);
+    assert_int_equal(e.a.aborts, 0);
+    env_done(&e);
+}
+
+/* A connection the kernel completed but the loop had not accepted yet
+ * when the drain began (its request already sent): taken in and
+ * answered, not reset by the listener's close. */
+static void test_drain_takes_in_queued_connections(void **state)
+{
+    (void)state;
+    http_limits lim = limits_default();
+    env e;
+    env_init(&e, &lim);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa;
+    assert_int_equal(uv_ip4_addr("127.0.0.1", http_server_port(e.srv), &sa), 0);
+    /* the loop does not run: the connection waits in the backlog */
+    assert_int_equal(connect(fd, (const struct sockaddr *)&sa, sizeof(sa)), 0);
+    const char *rq = "POST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi";
+    assert_int_equal(send(fd, rq, strlen(rq), 0), (ssize_t)strlen(rq));
+    http_server_drain(e.srv, drain_done_cb, &e);
+    buf got;
+    buf_init(&got, 1 << 20);
+    int err = 0;
+    bool eof = false;
+    for (int i = 0; i < 250 && !eof && !err; i++) {
+        run_for(&e, 20);
+        for (;;) {
+            char tmp[4096];
+            ssize_t n = recv(fd, tmp, sizeof(tmp), MSG_DONTWAIT);
+            if (n > 0) {
+                assert_int_equal(buf_append(&got, tmp, (size_t)n), 0);
+                continue;
+            }
+            if (n == 0)
+                eof = true;
+            else if (errno != EAGAIN)
+                err = errno;
+            break;
+        }
+    }
+    assert_int_equal(err, 0); /* not reset */
+    assert_true(eof);
+    resp r;
+    assert_int_equal(resp_parse_one(got.data, got.len, false, &r), 1);
+    assert_int_equal(r.raw_len, got.len);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(resp_header(&r, "connection"), "close");
+    buf_free(&r.body);
+    buf_free(&got);
+    assert_int_equal(e.a.requests, 1);
+    close(fd);
+    run_int_ge(&e, &e.drain_done, 1);
     env_done(&e);
 }
 
@@ -2119,6 +2250,9 @@ int main(void)
         cmocka_unit_test(test_disconnect_while_held),
         cmocka_unit_test(test_close_all_aborts_held),
         cmocka_unit_test(test_drain),
+        cmocka_unit_test(test_drain_answers_on_idle_connection),
+        cmocka_unit_test(test_drain_keeps_promised_keep_alive),
+        cmocka_unit_test(test_drain_takes_in_queued_connections),
         cmocka_unit_test(test_drain_without_connections),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
