@@ -14,17 +14,18 @@ int64_t budget_available(const budget_share *b)
     return b->lease - b->reserved - b->settled - b->reporting;
 }
 
-static void rate_add(budget_share *b, int64_t amount, uint64_t now_ns)
+/* An amount per second, decaying toward new observations with a ~5 s
+ * time constant. */
+static void ewma_add(double *v, uint64_t *at_ns, int64_t amount, uint64_t now_ns)
 {
-    if (!b->rate_ns) {
-        b->rate_ns = now_ns;
-        b->rate = 0;
+    if (!*at_ns) {
+        *at_ns = now_ns;
+        *v = 0;
     }
-    double dt = (double)(now_ns - b->rate_ns) / NS;
-    /* decay toward the new observation with a ~5 s time constant */
+    double dt = (double)(now_ns - *at_ns) / NS;
     double keep = dt >= 5.0 ? 0.0 : 1.0 - dt / 5.0;
-    b->rate = b->rate * keep + (double)amount / 5.0;
-    b->rate_ns = now_ns;
+    *v = *v * keep + (double)amount / 5.0;
+    *at_ns = now_ns;
 }
 
 bool budget_admit(budget_share *b, int64_t worst, uint64_t now_ns)
@@ -40,6 +41,7 @@ bool budget_admit(budget_share *b, int64_t worst, uint64_t now_ns)
     if (worst > budget_available(b))
         return false;
     b->reserved += worst;
+    ewma_add(&b->demand, &b->demand_ns, worst, now_ns);
     return true;
 }
 
@@ -52,7 +54,7 @@ void budget_settle(budget_share *b, int64_t worst, int64_t price, uint64_t now_n
         b->reserved = 0;
     if (price > 0) {
         b->settled += price;
-        rate_add(b, price, now_ns);
+        ewma_add(&b->rate, &b->rate_ns, price, now_ns);
     }
 }
 
@@ -84,7 +86,11 @@ int64_t budget_want(const budget_share *b, uint64_t now_ns, uint64_t idle_ns)
 {
     if (b->reserved == 0 && b->used_ns && now_ns - b->used_ns > idle_ns)
         return 0; /* idle: give the lease back */
-    double slice = b->rate * SLICE_SECONDS;
+    /* the spend rate, or the rate at which calls reserve their worst
+     * cases if higher: calls that run long (streams) reserve long before
+     * they spend, and a slice sized to spend alone would admit a few calls
+     * per renewal while hundreds wait */
+    double slice = (b->rate > b->demand ? b->rate : b->demand) * SLICE_SECONDS;
     double floor = (double)b->last_worst * SLICE_MIN_CALLS;
     if (slice < floor)
         slice = floor;

@@ -42,6 +42,9 @@ typedef struct budget_share {
     /* sizing */
     double rate;        /* EWMA of spend, nano-USD per second */
     uint64_t rate_ns;   /* last rate update */
+    double demand;      /* EWMA of worst cases admitted, nano-USD per second: long calls
+                           (streams) hold their worst case long before they settle */
+    uint64_t demand_ns; /* last demand update */
     int64_t last_worst; /* the latest admitted worst case */
     uint64_t used_ns;   /* last admission (idle detection) */
 } budget_share;

@@ -2316,8 +2316,9 @@ static void call_refuse_budget(call *c, const lease_refusal *r)
                  reset[0] ? reset : " (it does not reset)");
     } else {
         snprintf(msg, sizeof msg,
-                 "The budget of this %s cannot be checked right now (database unreachable); no "
-                 "call is admitted past a budget unchecked. Retry shortly.",
+                 "The budget of this %s could not be leased in time (the database is "
+                 "unreachable or slow to answer); no call is admitted past a budget unchecked. "
+                 "Retry shortly.",
                  who);
     }
     access_log_simple(c->gw, req, r->status, c->key->alias);

@@ -28,6 +28,7 @@ struct lease_entry {
     int64_t cfg_max;
     char cfg_duration[16];
     bool active;       /* on the active list */
+    int64_t wait_need; /* worst cases of the calls waiting on it: a renewal asks for them all */
     lease_entry *next; /* hash chain */
     lease_entry *next_active;
 };
@@ -297,7 +298,7 @@ int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, in
                  lease_claim *claim, void (*cb)(void *ud, int rc, const lease_refusal *r), void *ud,
                  lease_wait **w, lease_refusal *refusal)
 {
-    lease_entry *es[LEASES_MAX_REFS];
+    lease_entry *es[LEASES_MAX_REFS], *short_e = NULL;
     uint64_t now = clock_mono_ns();
     bool unknown = false;
     memset(claim, 0, sizeof(*claim));
@@ -343,13 +344,19 @@ int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, in
             refusal_of(e, 402, refusal);
             return -EDQUOT;
         }
-        renew(ls, e, budget_want(&e->b, now, LEASES_IDLE_NS) + need);
+        short_e = e;
     }
     lease_wait *lw = calloc(1, sizeof(*lw));
     if (!lw) {
         refusal_of(es[0], 503, refusal);
         return -EDQUOT;
     }
+    for (size_t i = 0; i < n; i++)
+        es[i]->wait_need += amount_in(es[i], worst, wc);
+    /* the renewal asks for every call waiting on this budget, not only
+     * this one (else each round trip admits one call more) */
+    if (short_e)
+        renew(ls, short_e, budget_want(&short_e->b, now, LEASES_IDLE_NS) + short_e->wait_need);
     lw->ls = ls;
     lw->n = n;
     memcpy(lw->e, es, n * sizeof(es[0]));
@@ -367,9 +374,21 @@ int leases_admit(leases *ls, const budget_ref *refs, size_t n, int64_t worst, in
     return 1;
 }
 
+/* The call no longer waits: its need leaves its budgets' wait_need. */
+static void wait_done(lease_wait *w)
+{
+    for (size_t i = 0; i < w->n; i++) {
+        lease_entry *e = w->e[i];
+        e->wait_need -= amount_in(e, w->worst, w->worst_credits);
+        if (e->wait_need < 0)
+            e->wait_need = 0;
+    }
+}
+
 void leases_cancel(lease_wait *w)
 {
     leases *ls = w->ls;
+    wait_done(w);
     for (lease_wait **pp = &ls->waits; *pp; pp = &(*pp)->next) {
         if (*pp == w) {
             *pp = w->next;
@@ -417,7 +436,7 @@ static void retry_waits(leases *ls)
                      * (the calls waiting with it took it) but the budget
                      * has more: ask again, still within the deadline */
                     if (now < w->deadline_ns)
-                        renew(ls, e, budget_want(&e->b, now, LEASES_IDLE_NS) + need);
+                        renew(ls, e, budget_want(&e->b, now, LEASES_IDLE_NS) + e->wait_need);
                     if (!e->b.renewing) {
                         refusal_of(e, 503, &r);
                         rc = -EDQUOT;
@@ -439,6 +458,7 @@ static void retry_waits(leases *ls)
             continue;
         }
         *pp = w->next;
+        wait_done(w);
         if (rc != 0)
             ls->st.refusals++;
         w->cb(w->ud, rc, &r);

@@ -116,6 +116,7 @@ describe('rate limits across two instances', () => {
 
   it('config keys keep their per-instance limit; unlimited database keys are not slowed', T, async () => {
     const t = await makeTenant(admin, 'free');
+    await new Promise((r) => setTimeout(r, 300)); // the new key reaches b (NOTIFY)
     const rs = await burst([a, b], t.secret, 30);
     assert.equal(count(rs, 200), 30);
     assert.equal(pg.query("SELECT count(*) FROM rate_windows WHERE scope_id = :'p1'", [t.key.id]).trim(), '0');

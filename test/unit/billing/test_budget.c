@@ -377,6 +377,21 @@ static void test_want_slice(void **state)
     assert_false(budget_should_renew(&f, T0 + 2 * MS, 10 * S));
 }
 
+/* Streams: calls reserve for seconds before any settles; the slice follows
+ * the rate of reservations, not only of spend. */
+static void test_want_grows_with_admissions(void **state)
+{
+    (void)state;
+    budget_share b = granted(1000000000, 100000000000, 0, T0);
+    for (int i = 0; i < 100; i++)
+        assert_true(budget_admit(&b, 1000, T0 + (uint64_t)i * 10 * MS));
+    int64_t want = budget_want(&b, T0 + S, IDLE);
+    /* 100 worst cases reserved, plus a slice of two seconds at the rate they
+     * came (about 18,000/s after one second of 100,000/s), not four */
+    assert_true(want > 100 * 1000 + 30000);
+    assert_true(want < 100 * 1000 + 2 * 100000);
+}
+
 static void test_rate_grows_with_spend(void **state)
 {
     (void)state;
@@ -427,6 +442,7 @@ int main(void)
         cmocka_unit_test(test_should_renew_never_while_renewing),
         cmocka_unit_test(test_want_idle_is_zero),
         cmocka_unit_test(test_want_slice),
+        cmocka_unit_test(test_want_grows_with_admissions),
         cmocka_unit_test(test_rate_grows_with_spend),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
