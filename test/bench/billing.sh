@@ -62,7 +62,7 @@ EOF
     pids+=($!)
     local port=
     for _ in $(seq 1 100); do
-        port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$run/$name/err.log" | head -1 | cut -d: -f2 || true)
+        port=$(cat "$run/$name/err.log" "$run/$name/out.log" | grep -o 'listening on 127.0.0.1:[0-9]*' | head -1 | cut -d: -f2 || true)
         if [ -n "$port" ] && curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null; then break; fi
         sleep 0.1
     done

@@ -5,6 +5,8 @@
 --   BENCH_KEY     bearer key sent as "Authorization: Bearer <key>" (required)
 --   BENCH_MODEL   the "model" of the request body (required)
 --   BENCH_STREAM  "1" for "stream": true (a full SSE answer per request)
+--   BENCH_HEADERS optional extra headers, "Name: value|Name: value" (proof.sh
+--                 gives the Portkey gateway its x-portkey-* headers this way)
 --
 -- The request is static (wrk.method/body/headers, no request() function), so
 -- wrk builds it once and the script costs nothing per request. No response()
@@ -28,6 +30,14 @@ wrk.method = "POST"
 wrk.path = "/v1/chat/completions"
 wrk.headers["Authorization"] = "Bearer " .. key
 wrk.headers["Content-Type"] = "application/json"
+for h in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^|]+") do
+   local name, value = string.match(h, "^%s*([^:%s]+)%s*:%s*(.-)%s*$")
+   if name == nil then
+      io.stderr:write("chat.lua: BENCH_HEADERS: not 'Name: value': " .. h .. "\n")
+      os.exit(2)
+   end
+   wrk.headers[name] = value
+end
 wrk.body = '{"model":"' .. model .. '",' ..
    (stream and '"stream":true,' or '') ..
    '"messages":[{"role":"system","content":"You are a helpful assistant."},' ..

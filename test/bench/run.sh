@@ -30,17 +30,9 @@ conns_list=${BENCH_CONNECTIONS:-"1 16 64 256"}
 stream_conns=${BENCH_STREAM_CONNECTIONS:-16}
 bin=${BENCH_BIN:-$root/build-bench/tollgate}
 
-die() { echo "bench: $*" >&2; exit 1; }
+bench_name=bench
+. "$here/lib.sh"   # die, secs_of, start, the exit trap, nginx, CPU accounting
 
-# wrk durations "10s", "2m" or "10" (seconds) -> whole seconds
-secs_of() {
-    local v=$1
-    case "$v" in
-        *s) v=${v%s}; [[ $v =~ ^[0-9]+$ ]] || return 1; echo "$v" ;;
-        *m) v=${v%m}; [[ $v =~ ^[0-9]+$ ]] || return 1; echo $((v * 60)) ;;
-        *) [[ $v =~ ^[0-9]+$ ]] || return 1; echo "$v" ;;
-    esac
-}
 dur_s=$(secs_of "$duration") || die "BENCH_DURATION: not a duration: $duration"
 warm_s=$(secs_of "$warmup") || die "BENCH_WARMUP: not a duration: $warmup"
 [ "$dur_s" -ge 1 ] || die "BENCH_DURATION must be at least 1s"
@@ -63,73 +55,7 @@ done
 [ -x "$bin" ] || die "no tollgate binary at $bin"
 
 # ---- process bookkeeping: everything started here is stopped on exit -------
-run=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
-pids=()        # in start order
-names=()       # same index: what it is
-keep_run=0     # keep $run (logs) when something went wrong
-
-cleanup() {
-    local rc=$? i pid
-    set +e
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-        pid=${pids[i]}
-        kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
-    done
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-        pid=${pids[i]}
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "bench: ${names[i]} (pid $pid) ignored SIGTERM for 5s; SIGKILL" >&2
-            kill -KILL "$pid" 2>/dev/null
-        fi
-        wait "$pid" 2>/dev/null
-    done
-    if [ "$rc" -ne 0 ] || [ "$keep_run" = 1 ]; then
-        echo "bench: logs kept in $run" >&2
-    else
-        rm -rf "$run"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# start NAME OUT ERR CMD...: CMD in the background, stdout appended to OUT,
-# stderr to ERR; its pid goes to pids[] and is stopped on exit
-start() {
-    local name=$1 out=$2 err=$3
-    shift 3
-    "$@" >>"$out" 2>"$err" &
-    pids+=($!)
-    names+=("$name")
-}
-
-alive_or_die() { # index of pids[]
-    local i=$1
-    if ! kill -0 "${pids[i]}" 2>/dev/null; then
-        local st=0
-        wait "${pids[i]}" || st=$?
-        keep_run=1
-        local how="exit status $st"
-        [ "$st" -gt 128 ] && how="killed by signal $((st - 128)) (SIG$(kill -l $((st - 128))))"
-        echo "bench: ${names[i]} (pid ${pids[i]}) is gone, $how; last stderr lines:" >&2
-        tail -n 20 "$run/${names[i]}.err" >&2 || true
-        exit 1
-    fi
-}
-
-# tollgate_port INDEX: the port from tollgate's "listening on 127.0.0.1:PORT"
-tollgate_port() {
-    local i=$1 port=""
-    for _ in $(seq 100); do
-        alive_or_die "$i"
-        port=$(grep -o 'listening on 127\.0\.0\.1:[0-9]*' "$run/${names[i]}.err" 2>/dev/null | head -n1 | sed 's/.*://') || true
-        [ -n "$port" ] && break
-        sleep 0.1
-    done
-    [ -n "$port" ] || die "${names[i]} did not report its port within 10s"
-    echo "$port"
-}
+bench_init tollgate-bench   # $run; lib.sh stops every `start`ed process on exit
 
 # ---- 2. the three targets --------------------------------------------------
 up_key="tg-bench-upstream-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -144,6 +70,7 @@ listen: "127.0.0.1:0"
 workers: 1
 log: {level: info, access: false}
 timeouts: {drain: 2s}
+ledger: {spool_dir: "$run/upstream-spool"}
 providers:
   - name: mock
     type: mock
@@ -155,9 +82,9 @@ keys:
   - key: $up_key
     alias: bench-upstream
 EOF
-start upstream /dev/null "$run/upstream.err" "$bin" --config "$run/upstream.yaml"
+start upstream "$run/upstream.out" "$run/upstream.err" "$bin" --config "$run/upstream.yaml"
 up_idx=$((${#pids[@]} - 1))
-uport=$(tollgate_port "$up_idx")
+uport=$(tollgate_port "$up_idx" "$run/upstream.out")
 
 # (c) tollgate: its own virtual key; the alias maps to the upstream's model,
 # so the model name is spliced into every forwarded body; usage is read
@@ -167,6 +94,7 @@ listen: "127.0.0.1:0"
 workers: 1
 log: {level: info, access: true}
 timeouts: {drain: 2s}
+ledger: {spool_dir: "$run/tollgate-spool"}   # each instance needs its own (locked)
 providers:
   - name: bench-up
     type: openai_compatible
@@ -184,36 +112,10 @@ access_log=$run/tollgate.access.log
 : >"$access_log"
 start tollgate "$access_log" "$run/tollgate.err" "$bin" --config "$run/tollgate.yaml"
 gw_idx=$((${#pids[@]} - 1))
-gport=$(tollgate_port "$gw_idx")
+gport=$(tollgate_port "$gw_idx" "$access_log")
 
 # (b) nginx on a free port (retried if another process takes it first)
-nginx_idx=""
-nport=""
-for _attempt in 1 2 3 4 5; do
-    p=$((20000 + RANDOM % 30000))
-    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then continue; fi
-    mkdir -p "$run/nginx"
-    sed -e "s|@DIR@|$run/nginx|g" -e "s|@PORT@|$p|g" -e "s|@UPORT@|$uport|g" \
-        "$here/nginx.conf.in" >"$run/nginx/nginx.conf"
-    : >"$run/nginx/error.log"
-    start nginx /dev/null "$run/nginx.err" \
-        nginx -p "$run/nginx/" -e "$run/nginx/error.log" -c "$run/nginx/nginx.conf"
-    nginx_idx=$((${#pids[@]} - 1))
-    for _ in $(seq 50); do
-        kill -0 "${pids[nginx_idx]}" 2>/dev/null || break
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && { nport=$p; break; }
-        sleep 0.1
-    done
-    [ -n "$nport" ] && break
-    if grep -q "Address already in use" "$run/nginx/error.log" "$run/nginx.err" 2>/dev/null; then
-        wait "${pids[nginx_idx]}" 2>/dev/null || true
-        continue
-    fi
-    cat "$run/nginx.err" "$run/nginx/error.log" >&2
-    keep_run=1
-    die "nginx did not start"
-done
-[ -n "$nport" ] || die "no free port for nginx after 5 attempts"
+start_nginx "$uport"
 
 target_names=(direct nginx tollgate)
 target_urls=("http://127.0.0.1:$uport" "http://127.0.0.1:$nport" "http://127.0.0.1:$gport")
@@ -264,51 +166,7 @@ wrk_run() {
         >"$out" 2>&1
 }
 
-# bench_get FILE KEY: a value from wrk's BENCH line
-bench_get() {
-    awk -v k="$2" '/^BENCH / { for (i = 2; i <= NF; i++) { split($i, kv, "=");
-        if (kv[1] == k) { print kv[2]; exit } } }' "$1"
-}
-
-# CPU accounting, to read the numbers on a shared box: user+sys time of
-# each of our processes (/proc/PID/stat), of wrk (bash `times`, children),
-# and of the whole machine (/proc/stat), all in milliseconds.
-hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
-ncpu=$(nproc)
-proc_ms() { # PID... -> their summed user+sys CPU time
-    local sum=0 pid line
-    local -a f
-    for pid in "$@"; do
-        { line=$(<"/proc/$pid/stat"); } 2>/dev/null || continue
-        read -ra f <<<"${line##*) }"
-        sum=$((sum + f[11] + f[12]))
-    done
-    echo $((sum * 1000 / hz))
-}
-machine_ms() { # -> "busy steal" (busy = user+nice+system, every CPU)
-    local _c u n s _i _w _irq _sirq st _rest
-    read -r _c u n s _i _w _irq _sirq st _rest </proc/stat
-    echo "$(((u + n + s) * 1000 / hz)) $((st * 1000 / hz))"
-}
-children_ms() { # CPU time of this shell's waited-for children (wrk, curl, ...)
-    times >"$run/times"
-    awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60000 + a[2] * 1000 }
-        printf "%d", t }' "$run/times"
-}
-others_ms() { # CPU of every other process on the box (user+sys incl. reaped children)
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v ex=" $$ ${pids[*]} ${nginx_pids[*]} " -v self=$$ -v hz="$hz" '
-        { pid = $1; sub(/^.*\) /, "")   # fields from "state" on; comm may hold spaces
-          if (pid == 2 || $2 == 2 || $2 == self || index(ex, " " pid " ")) next   # kernel threads, ours
-          t += $12 + $13 + $14 + $15 }
-        END { printf "%d", t * 1000 / hz }'
-}
-nginx_pids=("${pids[nginx_idx]}")
-for st_file in /proc/[0-9]*/stat; do   # nginx's workers: children of its master
-    { line=$(<"$st_file"); } 2>/dev/null || continue
-    read -ra f <<<"${line##*) }"
-    [ "${f[1]}" = "${pids[nginx_idx]}" ] && nginx_pids+=("${st_file//[^0-9]/}")
-done
-[ ${#nginx_pids[@]} -ge 2 ] || die "could not find nginx's worker process"
+# CPU accounting: proc_ms, machine_ms, children_ms, others_ms (lib.sh)
 
 rows=()
 for c in $conns_list; do rows+=("$c:0"); done
@@ -384,7 +242,7 @@ measure() {
     # metering cross-check: the access log of this cell (the measurement plus
     # requests cut off when wrk stopped)
     access_notes+=("$(awk -v row="$row" -v round="$round" -v wrk_n="${res[$k,requests]}" '
-        { n++ }
+        /^\{/ { n++ }
         /"status":200,/ { ok++; if (/"completion_tokens":16,/) tok++ }
         /"status":499,/ { cut++ }
         match($0, /"overhead_us":[0-9.]+/) { s += substr($0, RSTART + 14, RLENGTH - 14) }
@@ -392,7 +250,8 @@ measure() {
             printf "%-12s r%s wrk %d; log %d: %d status 200 (%d with completion_tokens 16), %d 499, %d other; mean overhead_us %.1f",
                 row, round, wrk_n, n, ok, tok, cut, n - ok - cut, n ? s / n : 0
         }' "$access_log")")
-    other=$(grep -cvE '"status":(200|499),' "$access_log" || true)
+    # JSON lines only: with log.file: stdout the operational log is in the file too
+    other=$(grep '^{' "$access_log" | grep -cvE '"status":(200|499),' || true)
     untok=$(grep '"status":200,' "$access_log" | grep -cv '"completion_tokens":16,' || true)
     if [ "$other" != 0 ] || [ "$untok" != 0 ]; then
         res[$k,ok]=0

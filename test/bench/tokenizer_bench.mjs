@@ -3,6 +3,7 @@
 // tokenizer.sh, which builds the binary and installs tiktoken; by hand:
 //   TOLLGATE_BIN=build-bench/tollgate BENCH_SECONDS=2 node test/bench/tokenizer_bench.mjs
 // Prints the table on stdout; exits 1 if a token count differs or a run fails.
+// BENCH_JSON=FILE also writes the rows there (with MB/s), for proof.sh.
 import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import fs from 'node:fs';
@@ -136,6 +137,18 @@ for (const b of body) say(line(b));
 say();
 say('ratio = tollgate tok/s / tiktoken tok/s. tiktoken: encode_ordinary in a loop after a warm-up;');
 say('tollgate: tokens_per_sec of its own `tokenize --bench N` (wall time of the encode loop), N sized for BENCH_SECONDS.');
+if (process.env.BENCH_JSON) {
+  const mbps = (bytes, passes, seconds) => (bytes * passes) / seconds / 1e6;
+  fs.writeFileSync(process.env.BENCH_JSON, JSON.stringify({
+    tiktoken: tiktokenVersion, node: process.version, seconds: SECONDS, problems,
+    rows: rows.map((r) => ({
+      encoding: r.encoding, input: r.input, bytes: r.bytes, tokens: r.tokens,
+      tiktoken_tps: r.tk.tps, tollgate_tps: r.tg.tps,
+      tiktoken_mbps: mbps(r.bytes, r.tk.passes, r.tk.seconds),
+      tollgate_mbps: mbps(r.bytes, r.tg.passes, r.tg.seconds),
+    })),
+  }, null, 1) + '\n');
+}
 if (problems.length) {
   say();
   for (const p of problems) say(p);
