@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <malloc.h>
 #include <stdarg.h>
 #include <jansson.h>
 #include <llhttp.h>
@@ -88,6 +89,8 @@ struct gateway {
     void (*fatal)(void *ud, const char *msg); /* the daemon cannot go on (schema mismatch) */
     void *fatal_ud;
     uint64_t inflight;        /* requests being answered */
+    uint64_t inflight_peak;   /* highest inflight since the heap was last trimmed */
+    uv_timer_t trim_timer;    /* gives freed heap back after a peak (trim_tick) */
     uint64_t streams;         /* of which relaying an event stream */
     bool closing;             /* gateway_close called */
     bool failed;              /* gateway_new could not set up (gateway_start refuses) */
@@ -2704,7 +2707,8 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     buf_init(&c->resp, GW_MAX_RESPONSE_BYTES);
     buf_init(&c->up_head, 0);
     buf_init(&c->up_body, 0);
-    gw->inflight++;
+    if (++gw->inflight > gw->inflight_peak)
+        gw->inflight_peak = gw->inflight;
     c->prov = m->provider;
     c->fin = fin;
     c->endpoint = fin->id == CHAT_FMT_OPENAI ? endpoint : "/chat/completions";
@@ -3546,6 +3550,23 @@ static bool ledger_setup(gateway *gw, const config *cfg)
     return true;
 }
 
+/* After a peak of calls (thousands of streams held at once) the heap
+ * keeps what they freed: glibc returns it only from the top. Once the
+ * calls in flight have fallen to a quarter of the peak, malloc_trim gives
+ * the free pages back (a few ms on a large heap, every GW_TRIM_MS at
+ * most). */
+#define GW_TRIM_MS 5000
+#define GW_TRIM_PEAK 64
+
+static void trim_tick(uv_timer_t *t)
+{
+    gateway *gw = t->data;
+    if (gw->inflight_peak < GW_TRIM_PEAK || gw->inflight > gw->inflight_peak / 4)
+        return;
+    malloc_trim(0);
+    gw->inflight_peak = gw->inflight;
+}
+
 gateway *gateway_new(uv_loop_t *loop, const config *cfg)
 {
     gateway *gw = calloc(1, sizeof(*gw));
@@ -3580,6 +3601,11 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
         return NULL;
     }
     gw->retry_timer.data = gw;
+    if (uv_timer_init(loop, &gw->trim_timer) == 0) {
+        gw->trim_timer.data = gw;
+        uv_timer_start(&gw->trim_timer, trim_tick, GW_TRIM_MS, GW_TRIM_MS);
+        uv_unref((uv_handle_t *)&gw->trim_timer);
+    }
     gw->checks = checks_new(loop, gw->pool, cfg, &gw->routes);
     if (cfg->database.url) {
         gw->store = store_new(loop, NULL, cfg, gateway_fatal, gw, err, sizeof err);
@@ -3713,6 +3739,8 @@ void gateway_close(gateway *gw)
     httpc_pool_close(gw->pool);
     if (gw->retry_timer.data)
         uv_close((uv_handle_t *)&gw->retry_timer, NULL);
+    if (gw->trim_timer.data)
+        uv_close((uv_handle_t *)&gw->trim_timer, NULL);
     while (gw->parked) { /* their requests were aborted by close_all */
         parked *p = gw->parked;
         park_unlink(gw, p);
