@@ -458,8 +458,12 @@ int http_stream_start(http_req *req, int status, const char *content_type, const
 int http_stream_write(http_req *req, const char *p, size_t n)
 {
     http_conn *c = req->conn;
-    if (n == 0 || ((req_impl *)req)->head)
-        return c->pending > HTTP_HIGH_WATER;
+    if (n == 0 || ((req_impl *)req)->head) {
+        if (c->pending <= HTTP_HIGH_WATER)
+            return 0;
+        c->want_drain = true; /* a 1 promises an on_drain (fuzz_http: head_stream_stall) */
+        return 1;
+    }
     char sz[24];
     int k = snprintf(sz, sizeof(sz), "%zx\r\n", n);
     uv_buf_t bufs[3] = {uv_buf_init(sz, (unsigned)k), uv_buf_init((char *)(uintptr_t)p, (unsigned)n),
