@@ -421,9 +421,16 @@ describe('the database goes away while running', () => {
     const r0 = await Promise.race([inflight, sleep(8000).then(() => null)]);
     assert.ok(r0, 'the in-flight admin call answered');
     t.diagnostic(`in-flight admin call answered after ${(performance.now() - inflightAt).toFixed(0)} ms: ${r0.status} ${r0.text}`);
-    assert.equal(r0.status, 503, r0.text);
-    assert.equal(r0.body?.error?.code, 'database_unavailable');
-    assert.match(r0.body?.error?.message ?? '', /database unavailable: \S/);
+    // The server's fast shutdown ends the locking session and the waiting
+    // insert's at the same moment: now and then the lock goes first and the
+    // insert commits before its own session ends. Then 201 is the truth;
+    // else a clear 503. Never a hang, never a 201 for a row that is not there.
+    const committed = r0.status === 201;
+    if (!committed) {
+      assert.equal(r0.status, 503, r0.text);
+      assert.equal(r0.body?.error?.code, 'database_unavailable');
+      assert.match(r0.body?.error?.message ?? '', /database unavailable: \S/);
+    }
 
     // /health/ready: 503 naming the database
     const ready = await pollUntil(async () => {
@@ -470,8 +477,10 @@ describe('the database goes away while running', () => {
     assert.ok(recoverMs < 10500, `ready within ~10 s (${recoverMs} ms)`);
     const org = await admin.create('organizations', { name: 'after-outage' });
     assert.equal(org.name, 'after-outage');
-    assert.equal(pg.query("SELECT count(*) FROM organizations WHERE name IN ('inflight', 'during-outage')").trim(), '0',
-      'the statements that failed left nothing behind');
+    assert.equal(pg.query("SELECT count(*) FROM organizations WHERE name = 'during-outage'").trim(), '0',
+      'the statement that failed left nothing behind');
+    assert.equal(pg.query("SELECT count(*) FROM organizations WHERE name = 'inflight'").trim(), committed ? '1' : '0',
+      `the in-flight insert is there exactly when it was answered 201 (${r0.status})`);
 
     // the resync after the reconnect loaded the key whose NOTIFY was lost; the
     // listening connection reconnects on its own backoff (up to 5 s after the
