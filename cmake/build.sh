@@ -71,22 +71,24 @@ for _ in $(seq 1 100); do
 done
 curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null || {
     echo "build.sh: the installed binary did not become ready" >&2
-    cat "$dir/err.log" >&2
+    cat "$dir/out.log" "$dir/err.log" >&2
     exit 1
 }
 answer=$(curl -sf -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
     -d '{"model":"mock-1","messages":[{"role":"user","content":"Hi"}]}' \
     "http://127.0.0.1:$port/v1/chat/completions")
 echo "$answer" | grep -q '"choices"' || { echo "build.sh: bad answer: $answer" >&2; exit 1; }
-if ! grep -q "tokenizer: o200k_base and cl100k_base from $prefix/share/tollgate/tokenizer" "$dir/err.log" ||
-    grep -q "price catalog not loaded" "$dir/err.log"; then
+# the operational log goes to stdout by default (log.file)
+if ! cat "$dir/out.log" "$dir/err.log" |
+        grep -q "tokenizer: o200k_base and cl100k_base from $prefix/share/tollgate/tokenizer" ||
+    cat "$dir/out.log" "$dir/err.log" | grep -q "price catalog not loaded"; then
     echo "build.sh: the installed tokenizer data or price catalog did not load:" >&2
-    cat "$dir/err.log" >&2
+    cat "$dir/out.log" "$dir/err.log" >&2
     exit 1
 fi
 kill -TERM "$pid"
 rc=0
 wait "$pid" || rc=$?
 pid=
-[ "$rc" = 0 ] || { echo "build.sh: exit $rc after SIGTERM" >&2; cat "$dir/err.log" >&2; exit 1; }
+[ "$rc" = 0 ] || { echo "build.sh: exit $rc after SIGTERM" >&2; cat "$dir/out.log" "$dir/err.log" >&2; exit 1; }
 echo "build.sh: the installed binary serves and drains"
