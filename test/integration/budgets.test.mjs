@@ -575,6 +575,44 @@ describe('budgets with leases', () => {
     assert.ok(leaseQueries(pg) - q0 <= 30, `${leaseQueries(pg) - q0} lease statements for 600 streams`);
   });
 
+  /* ------------------------- 7a. a zero grant under calls still in flight */
+
+  it('a budget lowered under streams in flight: their spend is still reported', T, async () => {
+    // the renewal after the first stream ends is granted nothing (the
+    // budget was lowered to 0), so the lease goes; the streams still in
+    // flight end later and report with no lease: that report was dropped
+    // (spent below what the ledger charged, money never counted)
+    const gw = await start({
+      instance: 'lowered',
+      patch: (cfg) => {
+        cfg.providers.push({ name: 'slowmock2', type: 'mock', mock: { tokens_per_sec: 16, default_tokens: 16 } });
+        cfg.models.push({ name: 'slow-2', provider: 'slowmock2', price: { input: '1.00', output: '2.00' } });
+      },
+    });
+    const admin = adminClient(gw);
+    const ten = await makeTenant(admin, 'lowered', { max_budget: '10', budget_duration: '1d' });
+    await sleep(200);
+    const body = JSON.stringify({ model: 'slow-2', max_tokens: 16, stream: true, messages: [{ role: 'user', content: 'Hi' }] });
+    const stream = () => fetch(gw.url('/v1/chat/completions'), {
+      method: 'POST',
+      headers: { authorization: `Bearer ${ten.secret}`, 'content-type': 'application/json' },
+      body,
+    }).then(async (r) => ({ status: r.status, text: await r.text() }));
+    const first = stream();
+    await sleep(150);
+    await admin.update('keys', ten.key.id, { max_budget: '0' });
+    await sleep(250);
+    const later = Array.from({ length: 4 }, stream);
+    const rs = await Promise.all([first, ...later]);
+    const ok = rs.filter((r) => r.status === 200 && r.text.includes('data: [DONE]')).length;
+    assert.ok(ok >= 1, rs.map((r) => r.status).join(','));
+    const led = await waitLedger(pg, 'key_id', ten.key.id, ok);
+    await stopClean(gw, 'lowered');
+    assert.equal(leaseRows(pg, 'key', ten.key.id), '');
+    const row = budgetRow(pg, 'key', ten.key.id);
+    assert.equal(row.spent - row.assumed, led.sum, `${ok} streams: reported ${row.spent - row.assumed} of ${led.sum} charged`);
+  });
+
   /* ------------------------------------- 7b. the drain outlives an outage */
 
   it('SIGTERM with the database down: the lease goes back once it returns', T, async (t) => {
