@@ -112,6 +112,13 @@ struct ledger {
     void (*drained)(void *);
     void *drained_ud;
     ledger_stats st;
+    /* rows appended from other threads (workers): taken into cur on the
+     * owner's loop before every write */
+    uv_thread_t owner;
+    uv_mutex_t in_lock;
+    buf inbox;
+    size_t in_rows;
+    int accepting_pub; /* ledger_accepting() as last seen on the owner (atomic) */
 };
 
 static void replay_step(ledger *l);
@@ -305,9 +312,41 @@ static uint64_t backlog_bytes(const ledger *l)
     return b;
 }
 
-bool ledger_accepting(const ledger *l)
+static bool accepting_now(const ledger *l)
 {
     return !l->write_failed && backlog_bytes(l) <= l->o.spool_max_bytes;
+}
+
+static bool on_owner(const ledger *l)
+{
+    uv_thread_t self = uv_thread_self();
+    return uv_thread_equal(&self, &l->owner);
+}
+
+bool ledger_accepting(const ledger *l)
+{
+    if (on_owner(l))
+        return accepting_now(l);
+    return __atomic_load_n(&l->accepting_pub, __ATOMIC_RELAXED) != 0;
+}
+
+/* The rows other threads appended join the open batch (owner only). */
+static void inbox_take(ledger *l)
+{
+    uv_mutex_lock(&l->in_lock);
+    if (l->inbox.len) {
+        if (buf_append(&l->cur, l->inbox.data, l->inbox.len) == 0) {
+            l->cur_rows += l->in_rows;
+            l->st.rows += l->in_rows;
+            buf_reset(&l->inbox);
+            l->in_rows = 0;
+        } else {
+            log_error(NULL, "ledger: out of memory taking %zu rows of other workers; kept for "
+                            "the next write", l->in_rows);
+        }
+    }
+    uv_mutex_unlock(&l->in_lock);
+    __atomic_store_n(&l->accepting_pub, accepting_now(l) ? 1 : 0, __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------ shipping */
@@ -882,6 +921,7 @@ static void write_done(ledger *l, int status)
 /* Shutdown only: writes the open batch with plain write(2) + fdatasync. */
 static void sync_write_cur(ledger *l)
 {
+    inbox_take(l);
     if (!l->cur.len)
         return;
     segment *s = seg_current(l);
@@ -927,6 +967,7 @@ static void write_cb(uv_fs_t *req)
 /* Writes the open batch (if any and no write is in flight). */
 static void spool_write(ledger *l)
 {
+    inbox_take(l);
     if (l->writing || !l->cur.len)
         return;
     segment *s = seg_current(l);
@@ -1069,6 +1110,14 @@ ledger *ledger_new(uv_loop_t *loop, const ledger_options *opt, ledger_sink_fn si
     l->o.spool_dir = l->dir;
     l->o.instance = l->instance;
     buf_init(&l->cur, 64u << 20);
+    buf_init(&l->inbox, 64u << 20);
+    l->owner = uv_thread_self();
+    l->accepting_pub = 1;
+    if (uv_mutex_init(&l->in_lock) != 0) {
+        free(l);
+        snprintf(err, errlen, "ledger: cannot make a lock");
+        return NULL;
+    }
     buf_init(&l->rbuf, 2 * LEDGER_MAX_LINE + LEDGER_READ_CHUNK);
     if (!l->dir[0]) {
         snprintf(err, errlen, "ledger: no spool directory");
@@ -1143,6 +1192,8 @@ fail:
     }
     free(l->rchunk);
     buf_free(&l->cur);
+    buf_free(&l->inbox);
+    uv_mutex_destroy(&l->in_lock);
     buf_free(&l->rbuf);
     free(l);
     return NULL;
@@ -1150,6 +1201,26 @@ fail:
 
 int ledger_append(ledger *l, const ledger_row *r)
 {
+    if (!on_owner(l)) { /* another worker's row: through the inbox */
+        buf row;
+        buf_init(&row, LEDGER_MAX_LINE);
+        int rc = ledger_row_json(r, l->instance, &row);
+        if (!rc)
+            rc = buf_append(&row, "\n", 1);
+        if (!rc) {
+            uv_mutex_lock(&l->in_lock);
+            rc = buf_append(&l->inbox, row.data, row.len);
+            if (!rc)
+                l->in_rows++;
+            uv_mutex_unlock(&l->in_lock);
+        }
+        buf_free(&row);
+        if (rc) {
+            log_error(NULL, "ledger: cannot queue the row of call %s: %s", r->id, strerror(-rc));
+            return rc;
+        }
+        return ledger_accepting(l) ? 0 : -ENOSPC;
+    }
     size_t mark = l->cur.len;
     int rc = ledger_row_json(r, l->instance, &l->cur);
     if (!rc)
@@ -1195,6 +1266,7 @@ void ledger_drain(ledger *l, void (*done)(void *ud), void *ud)
 {
     l->drained = done;
     l->drained_ud = ud;
+    inbox_take(l);
     spool_write(l);
     ship_live(l);
     maybe_drained(l);
@@ -1253,6 +1325,8 @@ void ledger_free(ledger *l)
         close(l->lock_fd);
     free(l->rchunk);
     buf_free(&l->cur);
+    buf_free(&l->inbox);
+    uv_mutex_destroy(&l->in_lock);
     buf_free(&l->rbuf);
     free(l);
 }

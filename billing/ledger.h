@@ -29,8 +29,12 @@
  * A crash can lose at most the rows of the last spool_interval (default
  * 10 ms) that were not yet written.
  *
- * One ledger per loop (worker); it owns its spool directory, locked with
- * flock so two processes cannot share one. */
+ * One ledger per process, on one loop (the first worker's); it owns its
+ * spool directory, locked with flock so two processes cannot share one.
+ * ledger_append and ledger_accepting may be called from other threads
+ * (the other workers): their rows wait in an inbox under a lock and join
+ * the open batch on the owner's loop before each write; everything else
+ * runs on the owner's loop only. */
 #ifndef TG_BILLING_LEDGER_H
 #define TG_BILLING_LEDGER_H
 
@@ -118,8 +122,8 @@ typedef struct ledger ledger;
 ledger *ledger_new(uv_loop_t *loop, const ledger_options *opt, ledger_sink_fn sink, void *sink_ud,
                    char *err, size_t errlen);
 
-/* Queues one row. 0, or -ENOSPC when the backlog is over its bound (the
- * row is still kept: it was served), -ENOMEM. */
+/* Queues one row (from any thread). 0, or -ENOSPC when the backlog is
+ * over its bound (the row is still kept: it was served), -ENOMEM. */
 int ledger_append(ledger *l, const ledger_row *r);
 
 /* False while the backlog is over spool_max_bytes or the spool cannot be

@@ -154,7 +154,7 @@ struct cfg__setting {
 #define TOP(f) offsetof(config, f)
 static const struct cfg__setting cfg__top[] = {
     {"listen", CFG_LISTEN, TOP(listen), "127.0.0.1:8080", 0, 0, CFG_RESTART},
-    {"workers", CFG_U32, TOP(workers), "1", 1, 256, CFG_RESTART},
+    {"workers", CFG_U32, TOP(workers), "0", 0, 256, CFG_RESTART},
     {"log.level", CFG_LOGLEVEL, TOP(log_level), "info", 0, 0, 0},
     {"log.access", CFG_BOOL, TOP(log_access), "true", 0, 0, 0},
     {"log.file", CFG_STR, TOP(log_file), "stdout", 1, 1023, 0},

@@ -207,7 +207,7 @@ typedef struct config {
     unsigned long refs;         /* reference count; touch only through config_ref/unref */
     const char *origin;         /* where it came from (file path, "<default>"), for messages */
     config_listen listen;       /* listen (restart-only) */
-    uint32_t workers;           /* worker threads, one loop each (restart-only) */
+    uint32_t workers;           /* loops, one thread each; 0 = one per core (restart-only) */
     int log_level;              /* log.level: an enum log_level (daemon/base/log.h) */
     bool log_access;            /* log.access: JSON access log lines on or off */
     const char *log_file;       /* log.file: operational lines: stdout, stderr or a path */

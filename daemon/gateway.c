@@ -64,13 +64,16 @@ struct gateway {
     metrics *metrics;         /* request counters and histograms (GET /metrics) */
     mock_state *mocks;        /* per-provider mock counters, by provider index */
     size_t nmocks;            /* entries in mocks */
-    rate_bucket *rates[GW_RATE_SLOTS]; /* rate limiter buckets */
+    gateway_group *grp;       /* what the workers of the process share */
+    unsigned index;           /* this worker's number in grp (0: the first) */
+    uv_async_t wake;          /* other threads' requests to this loop (grp->lock) */
+    bool wake_open;           /* wake is initialised */
     tls_config **tls;         /* TLS configs of the current providers, held so the CA
                                  bundle is read at start/reload, never on a request */
     size_t ntls;              /* entries in tls */
-    tok_set toks;             /* tokenizer encodings (may be empty: estimates) */
+    const tok_set *toks;      /* tokenizer encodings (the group's; may be empty: estimates) */
     tok_work *work;           /* the loop's tokenizer scratch */
-    price_table *prices;      /* provider price catalog, NULL when none loaded */
+    const price_table *prices; /* provider price catalog (the group's), NULL when none */
     route_table *routes;      /* every alias's routes and their state (this config's) */
     checks *checks;           /* active health checks of providers, NULL when none */
     uv_timer_t retry_timer;   /* starts the next attempt of the calls in retries */
@@ -78,12 +81,13 @@ struct gateway {
     struct parked *parked;    /* requests waiting for the key cache's first load */
     struct call *retries;     /* calls waiting to retry, soonest first */
     store *store;             /* PostgreSQL state and the tenancy cache; NULL in DB-less mode */
-    ledger *ledger;           /* one row per call: spool, then the database */
+    ledger *ledger;           /* one row per call: spool, then the database (the
+                                 group's, owned by worker 0) */
     jobs *jobs;               /* jobs and the running-job cache */
     leases *leases;           /* budget leases (with a database) */
     ratelimits *ratelimits;   /* rpm/tpm across instances (with a database) */
-    struct local_budget *local; /* budgets of config keys, kept by this instance */
-    char instance[128];       /* this instance's id (rows, leases) */
+    char instance[160];       /* this worker's id (leases): the instance's, "/w<n>" after it
+                                 for workers past the first */
     void (*drained)(void *);  /* gateway_drain's callback, after the ledger drained */
     void *drained_ud;
     void (*fatal)(void *ud, const char *msg); /* the daemon cannot go on (schema mismatch) */
@@ -91,9 +95,39 @@ struct gateway {
     uint64_t inflight;        /* requests being answered */
     uint64_t inflight_peak;   /* highest inflight since the heap was last trimmed */
     uv_timer_t trim_timer;    /* gives freed heap back after a peak (trim_tick) */
+    uv_timer_t state_timer;   /* publishes this loop's readiness (several workers) */
     uint64_t streams;         /* of which relaying an event stream */
     bool closing;             /* gateway_close called */
     bool failed;              /* gateway_new could not set up (gateway_start refuses) */
+    bool leases_done;         /* its drain has returned its leases */
+    /* requests from other threads, under grp->lock (see gateway_post) */
+    bool post_drain, post_close;
+    const config *post_cfg;   /* a reload to apply (own reference) */
+    void (*post_drained)(void *); /* the drain's callback, on this loop */
+    void *post_drained_ud;
+    struct scrape_ask *scrapes; /* scrapes asking this loop for its part */
+    struct scrape *waiting;   /* scrapes of this loop waiting for the others */
+};
+
+#define GW_MAX_WORKERS 256
+
+/* What the workers (loops) of one process share. The lock guards the
+ * config keys' rate buckets and budgets, the per-worker request fields
+ * (post_*, scrapes) and the published states. */
+struct gateway_group {
+    uv_mutex_t lock;
+    unsigned n;                          /* workers */
+    gateway *gw[GW_MAX_WORKERS];         /* set as they are made */
+    int state[GW_MAX_WORKERS];           /* published readiness: 0 ready, 1 draining,
+                                            2 the database not ready (atomic) */
+    rate_bucket *rates[GW_RATE_SLOTS];   /* config keys' rpm buckets */
+    struct local_budget *local;          /* config keys' budgets (DB-less) */
+    tok_set toks;                        /* loaded once */
+    bool toks_loaded;
+    price_table *prices;
+    ledger *ledger;                      /* worker 0's */
+    char instance[128];                  /* the instance id */
+    unsigned leases_pending;             /* workers whose drain has not returned its leases */
 };
 
 /* The budget of a config key (keys[].max_budget): kept by this instance,
@@ -612,8 +646,10 @@ static void call_log(call *c)
     if (c->rclaim.n && c->gw->ratelimits)
         ratelimits_settle(c->gw->ratelimits, &c->rclaim, u.prompt + u.completion);
     if (c->local) {
+        uv_mutex_lock(&c->gw->grp->lock);
         c->local->reserved -= c->worst;
         c->local->spent += u.price > 0 ? u.price : 0;
+        uv_mutex_unlock(&c->gw->grp->lock);
         c->local = NULL;
     }
 }
@@ -1409,12 +1445,25 @@ static size_t rate_slot(const uint8_t *sha) { return (sha[0] | (size_t)sha[1] <<
 
 /* Token bucket per key: rpm requests per minute, burst rpm. Returns true
  * if admitted; fills remaining and reset_s for the x-ratelimit headers. */
+static bool rate_admit_locked(gateway_group *g, const caller *key, uint32_t *remaining,
+                              double *reset_s);
+
+/* The buckets are the process's: every worker takes from the same ones. */
 static bool rate_admit(gateway *gw, const caller *key, uint32_t *remaining, double *reset_s)
 {
     if (!key->rpm)
         return true;
+    uv_mutex_lock(&gw->grp->lock);
+    bool ok = rate_admit_locked(gw->grp, key, remaining, reset_s);
+    uv_mutex_unlock(&gw->grp->lock);
+    return ok;
+}
+
+static bool rate_admit_locked(gateway_group *g, const caller *key, uint32_t *remaining,
+                              double *reset_s)
+{
     size_t slot = rate_slot(key->sha256);
-    rate_bucket *b = gw->rates[slot];
+    rate_bucket *b = g->rates[slot];
     while (b && memcmp(b->sha256, key->sha256, CRYPTO_SHA256_LEN) != 0)
         b = b->next;
     uint64_t now = clock_mono_ns();
@@ -1426,8 +1475,8 @@ static bool rate_admit(gateway *gw, const caller *key, uint32_t *remaining, doub
         b->rpm = key->rpm;
         b->tokens = key->rpm;
         b->last_ns = now;
-        b->next = gw->rates[slot];
-        gw->rates[slot] = b;
+        b->next = g->rates[slot];
+        g->rates[slot] = b;
     }
     if (b->rpm != key->rpm) { /* changed by a reload */
         if (b->tokens > key->rpm)
@@ -2264,7 +2313,9 @@ static int call_wait(call *c)
 static void call_unclaim(call *c)
 {
     if (c->local) {
+        uv_mutex_lock(&c->gw->grp->lock);
         c->local->reserved -= c->worst;
+        uv_mutex_unlock(&c->gw->grp->lock);
         c->local = NULL;
     }
     if (c->rwait) {
@@ -2350,15 +2401,16 @@ static void call_budget_ready(void *ud, int rc, const lease_refusal *r)
     call_go(c);
 }
 
+/* Under grp->lock (or before the other workers start). */
 static local_budget *local_get(gateway *gw, const config_key *k)
 {
-    local_budget *b = gw->local;
+    local_budget *b = gw->grp->local;
     while (b && strcmp(b->alias, k->alias) != 0)
         b = b->next;
     if (!b && (b = calloc(1, sizeof(*b)))) {
         snprintf(b->alias, sizeof(b->alias), "%s", k->alias);
-        b->next = gw->local;
-        gw->local = b;
+        b->next = gw->grp->local;
+        gw->grp->local = b;
     }
     return b;
 }
@@ -2381,14 +2433,19 @@ static void local_roll(local_budget *b, const config_key *k, int64_t now)
 /* A config key's budget: 0 admitted, else refused and answered. */
 static int call_admit_local(call *c, const config_key *k)
 {
-    local_budget *b = local_get(c->gw, k);
-    if (!b)
-        return 0;
-    local_roll(b, k, clock_wall_s());
+    gateway_group *g = c->gw->grp;
     c->worst = call_worst_price(c);
+    uv_mutex_lock(&g->lock);
+    local_budget *b = local_get(c->gw, k);
+    if (!b) {
+        uv_mutex_unlock(&g->lock);
+        return 0;
+    }
+    local_roll(b, k, clock_wall_s());
     if (b->spent + b->reserved + c->worst > k->max_budget_nano && c->worst > 0) {
         lease_refusal r = {.status = 402, .max = k->max_budget_nano, .spent = b->spent,
                            .reset_at_us = b->period_end * 1000000};
+        uv_mutex_unlock(&g->lock);
         snprintf(r.scope, sizeof r.scope, "key");
         snprintf(r.id, sizeof r.id, "%s", k->alias);
         call_refuse_budget(c, &r);
@@ -2397,6 +2454,7 @@ static int call_admit_local(call *c, const config_key *k)
     b->reserved += c->worst;
     c->local = b;
     c->budget_left = k->max_budget_nano - b->spent - b->reserved;
+    uv_mutex_unlock(&g->lock);
     return 0;
 }
 
@@ -2719,7 +2777,7 @@ static void handle_llm_opts(gateway *gw, http_req *req, const chat_format *fin,
     size_t pl = pmodel.len < sizeof(c->provider_model) - 1 ? pmodel.len : sizeof(c->provider_model) - 1;
     memcpy(c->provider_model, pmodel.p, pl);
     c->provider_model[pl] = '\0';
-    const tok_enc *enc = tok_set_pick(&gw->toks, c->provider_model, pl, &c->tok_exact);
+    const tok_enc *enc = tok_set_pick(gw->toks, c->provider_model, pl, &c->tok_exact);
     meter_init(&c->meter, enc, gw->work);
     chat_error ce;
     memset(&ce, 0, sizeof ce);
@@ -2821,7 +2879,7 @@ static void count_tokens_for(gateway *gw, http_req *req, const caller *key)
     char pm[256];
     snprintf(pm, sizeof pm, "%.*s", (int)pmodel.len, pmodel.p);
     bool exact = false;
-    const tok_enc *enc = tok_set_pick(&gw->toks, pm, strlen(pm), &exact);
+    const tok_enc *enc = tok_set_pick(gw->toks, pm, strlen(pm), &exact);
     uint64_t n = prompt_tokens_of(enc, gw->work, &r);
     char out[64], hdr[160];
     int k = snprintf(out, sizeof out, "{\"input_tokens\":%" PRIu64 "}", n);
@@ -2966,9 +3024,34 @@ static void handle_health(gateway *gw, http_req *req)
     http_respond(req, 200, "application/json", NULL, "{\"status\":\"ok\"}", 15);
 }
 
+/* This loop's readiness for the others' /health/ready: 0 ready, 1
+ * draining, 2 the database not ready. */
+static int ready_state(const gateway *gw)
+{
+    if (http_server_draining(gw->srv) || gw->closing || gw->drained)
+        return 1;
+    return gw->store && !store_ready(gw->store) ? 2 : 0;
+}
+
+static void state_tick(uv_timer_t *t)
+{
+    gateway *gw = t->data;
+    __atomic_store_n(&gw->grp->state[gw->index], ready_state(gw), __ATOMIC_RELAXED);
+}
+
 static void handle_ready(gateway *gw, http_req *req)
 {
-    if (http_server_draining(gw->srv) || gw->closing) {
+    int other = 0;
+    unsigned who = 0;
+    for (unsigned i = 0; i < gw->grp->n && !other; i++)
+        if (i != gw->index && (other = __atomic_load_n(&gw->grp->state[i], __ATOMIC_RELAXED)))
+            who = i;
+    if (!ready_state(gw) && other) { /* the process answers for every worker */
+        char body[96];
+        int n = snprintf(body, sizeof body, "{\"status\":\"%s\",\"worker\":%u}",
+                         other == 1 ? "draining" : "not_ready", who);
+        http_respond(req, 503, "application/json", "retry-after: 1\r\n", body, (size_t)n);
+    } else if (http_server_draining(gw->srv) || gw->closing) {
         http_respond(req, 503, "application/json", NULL, "{\"status\":\"draining\"}", 21);
     } else if (gw->store && !store_ready(gw->store)) {
         buf b;
@@ -3104,6 +3187,16 @@ static int render_state(gateway *gw, buf *b)
 {
     int rc = metrics_put(b, "tollgate_client_connections", "gauge", "Open client connections.",
                          NULL, (double)http_server_nconns(gw->srv));
+    char lab[32];
+    snprintf(lab, sizeof lab, "worker=\"%u\"", gw->index);
+    if (!rc)
+        rc = metrics_put(b, "tollgate_worker_client_connections", "gauge",
+                         "Open client connections by worker (loop): the kernel's spread.", lab,
+                         (double)http_server_nconns(gw->srv));
+    if (!rc)
+        rc = metrics_put(b, "tollgate_worker_requests_in_flight", "gauge",
+                         "Model calls being answered, by worker (loop).", lab,
+                         (double)gw->inflight);
     if (!rc)
         rc = metrics_put(b, "tollgate_requests_in_flight", "gauge",
                          "Model calls being answered.", NULL, (double)gw->inflight);
@@ -3177,7 +3270,7 @@ static int render_state(gateway *gw, buf *b)
             rc = metrics_put(b, "tollgate_lease_waits_total", "counter",
                              "Calls that waited for a lease renewal.", NULL, (double)ls.waits);
     }
-    if (gw->ledger && !rc) {
+    if (gw->ledger && gw->index == 0 && !rc) {
         ledger_stats st;
         ledger_stats_get(gw->ledger, &st);
         rc = metrics_put(b, "tollgate_ledger_rows_total", "counter",
@@ -3217,26 +3310,187 @@ static int render_state(gateway *gw, buf *b)
     return rc;
 }
 
-static void handle_metrics(gateway *gw, http_req *req)
+/* This loop's part of a scrape: its calls, its state, its routes. */
+static int render_part(gateway *gw, buf *b)
 {
-    buf b;
-    buf_init(&b, 64u << 20);
-    int rc = buf_printf(&b,
+    int rc = buf_printf(b,
                         "# HELP tollgate_build_info The running version.\n"
                         "# TYPE tollgate_build_info gauge\n"
                         "tollgate_build_info{version=\"%s\"} 1\n",
                         tg_version);
     if (!rc)
-        rc = metrics_render(gw->metrics, &b);
+        rc = metrics_render(gw->metrics, b);
     if (!rc)
-        rc = render_state(gw, &b);
+        rc = render_state(gw, b);
     if (!rc)
-        rc = route_table_metrics(gw->routes, clock_mono_ns(), &b);
+        rc = route_table_metrics(gw->routes, clock_mono_ns(), b);
+    return rc;
+}
+
+static void respond_metrics(http_req *req, int rc, const buf *b)
+{
     if (!rc)
-        http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
+        http_respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, b->data, b->len);
     else
         send_error(req, 500, "server_error", NULL, NULL, NULL, "could not render the metrics");
+}
+
+/* With several workers a scrape answers for the process: the loop it came
+ * to asks every other loop for its part (through their wake handles), and
+ * answers with the sum once all are in, or after GW_SCRAPE_MS with the
+ * parts that came (a loop stuck for that long is missing from it). */
+#define GW_SCRAPE_MS 2000
+
+typedef struct scrape {
+    int refs;               /* the origin's + one per loop asked (grp->lock) */
+    unsigned pending;       /* parts not yet in (grp->lock) */
+    bool closed;            /* answered: late parts are dropped (grp->lock) */
+    gateway *origin;
+    http_req *req;          /* NULL once aborted (origin's loop) */
+    uv_timer_t timer;
+    buf *part;              /* grp->n parts, by worker */
+    struct scrape *next;    /* the origin's waiting list */
+} scrape;
+
+typedef struct scrape_ask {
+    scrape *sc;
+    struct scrape_ask *next;
+} scrape_ask;
+
+static void scrape_unref_locked(scrape *sc, gateway_group *g)
+{
+    if (--sc->refs > 0)
+        return;
+    for (unsigned i = 0; i < g->n; i++)
+        buf_free(&sc->part[i]);
+    free(sc->part);
+    free(sc);
+}
+
+static void scrape_timer_closed(uv_handle_t *h)
+{
+    scrape *sc = h->data;
+    gateway_group *g = sc->origin->grp;
+    uv_mutex_lock(&g->lock);
+    scrape_unref_locked(sc, g);
+    uv_mutex_unlock(&g->lock);
+}
+
+/* Answers (if the client is still there) with the sum of the parts in. */
+static void scrape_finish(scrape *sc)
+{
+    gateway *gw = sc->origin;
+    gateway_group *g = gw->grp;
+    for (scrape **pp = &gw->waiting; *pp; pp = &(*pp)->next)
+        if (*pp == sc) {
+            *pp = sc->next;
+            break;
+        }
+    uv_mutex_lock(&g->lock);
+    sc->closed = true;
+    uv_mutex_unlock(&g->lock);
+    if (sc->req) {
+        buf out;
+        buf_init(&out, 64u << 20);
+        int rc = metrics_text_merge(sc->part, g->n, &out);
+        http_req *req = sc->req;
+        req->on_abort = NULL;
+        req->app = NULL;
+        sc->req = NULL;
+        respond_metrics(req, rc, &out);
+        buf_free(&out);
+    }
+    uv_timer_stop(&sc->timer);
+    uv_close((uv_handle_t *)&sc->timer, scrape_timer_closed);
+}
+
+static void scrape_timeout(uv_timer_t *t)
+{
+    scrape *sc = t->data;
+    log_warn(NULL, "metrics: a worker did not render its part within %d ms; answering without it",
+             GW_SCRAPE_MS);
+    scrape_finish(sc);
+}
+
+static void scrape_abort(http_req *req, void *ud)
+{
+    (void)ud;
+    scrape *sc = req->app;
+    sc->req = NULL;
+}
+
+static void handle_metrics(gateway *gw, http_req *req)
+{
+    gateway_group *g = gw->grp;
+    if (g->n == 1) {
+        buf b;
+        buf_init(&b, 64u << 20);
+        respond_metrics(req, render_part(gw, &b), &b);
+        buf_free(&b);
+        return;
+    }
+    scrape *sc = calloc(1, sizeof(*sc));
+    buf *part = sc ? calloc(g->n, sizeof(*part)) : NULL;
+    if (!part || uv_timer_init(gw->loop, &sc->timer) != 0) {
+        free(part);
+        free(sc);
+        send_error(req, 500, "server_error", NULL, NULL, NULL, "could not render the metrics");
+        return;
+    }
+    sc->part = part;
+    for (unsigned i = 0; i < g->n; i++)
+        buf_init(&sc->part[i], 64u << 20);
+    sc->origin = gw;
+    sc->req = req;
+    sc->refs = 1;
+    sc->timer.data = sc;
+    req->app = sc;
+    req->on_abort = scrape_abort;
+    (void)render_part(gw, &sc->part[gw->index]);
+    uv_mutex_lock(&g->lock);
+    for (unsigned i = 0; i < g->n; i++) {
+        gateway *o = g->gw[i];
+        if (i == gw->index || !o || !o->wake_open || o->closing)
+            continue;
+        scrape_ask *a = malloc(sizeof(*a));
+        if (!a)
+            continue;
+        a->sc = sc;
+        a->next = o->scrapes;
+        o->scrapes = a;
+        sc->refs++;
+        sc->pending++;
+        uv_async_send(&o->wake);
+    }
+    bool all_in = sc->pending == 0;
+    uv_mutex_unlock(&g->lock);
+    sc->next = gw->waiting;
+    gw->waiting = sc;
+    uv_timer_start(&sc->timer, scrape_timeout, GW_SCRAPE_MS, 0);
+    if (all_in)
+        scrape_finish(sc);
+}
+
+/* Another loop's scrape asked for this loop's part (on this loop). */
+static void scrape_render(gateway *gw, scrape_ask *a, bool render)
+{
+    gateway_group *g = gw->grp;
+    buf b;
+    buf_init(&b, 64u << 20);
+    int rc = render ? render_part(gw, &b) : -ECANCELED;
+    uv_mutex_lock(&g->lock);
+    scrape *sc = a->sc;
+    if (!sc->closed && !rc) {
+        buf t = sc->part[gw->index];
+        sc->part[gw->index] = b;
+        b = t;
+    }
+    if (--sc->pending == 0 && !sc->closed && sc->origin->wake_open)
+        uv_async_send(&sc->origin->wake);
+    scrape_unref_locked(sc, g);
+    uv_mutex_unlock(&g->lock);
     buf_free(&b);
+    free(a);
 }
 
 /* A request that arrives while the key cache's first load is under way
@@ -3523,15 +3777,22 @@ static void ledger_recover(void *ud)
 static bool ledger_setup(gateway *gw, const config *cfg)
 {
     char err[512];
-    int rc = instance_id(cfg, gw->instance, sizeof(gw->instance));
+    gateway_group *g = gw->grp;
+    if (gw->index > 0) { /* the first worker's ledger; leases under an id of its own */
+        gw->ledger = g->ledger;
+        snprintf(gw->instance, sizeof(gw->instance), "%s/w%u", g->instance, gw->index);
+        return g->ledger != NULL;
+    }
+    int rc = instance_id(cfg, g->instance, sizeof(g->instance));
     if (rc != 0) {
         log_error(NULL, "ledger: cannot keep the instance id in %s: %s", cfg->ledger.spool_dir,
                   strerror(-rc));
         return false;
     }
+    snprintf(gw->instance, sizeof(gw->instance), "%s", g->instance);
     ledger_options lo = {
         .spool_dir = cfg->ledger.spool_dir,
-        .instance = gw->instance,
+        .instance = g->instance,
         .spool_interval_ms = cfg->ledger.spool_interval_ms,
         .batch_rows = cfg->ledger.batch_rows,
         .ship_interval_ms = cfg->ledger.ship_interval_ms,
@@ -3543,6 +3804,7 @@ static bool ledger_setup(gateway *gw, const config *cfg)
         log_error(NULL, "%s", err);
         return false;
     }
+    g->ledger = gw->ledger;
     if (gw->store)
         store_on_recover(gw->store, ledger_recover, gw);
     log_info(NULL, "ledger: instance %s, spool %s%s", gw->instance, cfg->ledger.spool_dir,
@@ -3567,34 +3829,93 @@ static void trim_tick(uv_timer_t *t)
     gw->inflight_peak = gw->inflight;
 }
 
-gateway *gateway_new(uv_loop_t *loop, const config *cfg)
+static void wake_cb(uv_async_t *a);
+
+/* The tokenizer data and the price catalog: read once for every worker. */
+static void group_load(gateway_group *g, const config *cfg)
 {
+    if (g->toks_loaded)
+        return;
+    g->toks_loaded = true;
+    char err[600];
+    if (tok_set_load(&g->toks, cfg->tokenizer_dir, err, sizeof err) == 2)
+        log_info(NULL, "tokenizer: o200k_base and cl100k_base from %s", g->toks.dir);
+    else
+        log_warn(NULL, "tokenizer data incomplete (%s): token counts for calls without provider "
+                       "usage are estimates", err);
+    const char *pf = cfg->prices_file ? cfg->prices_file : prices_default_file();
+    g->prices = pf ? prices_load_file(pf, err, sizeof err) : NULL;
+    if (!g->prices)
+        log_warn(NULL, "price catalog not loaded (%s): costs only for models with a configured price",
+                 pf ? err : "no catalog file found");
+}
+
+gateway_group *gateway_group_new(unsigned n)
+{
+    if (n < 1 || n > GW_MAX_WORKERS)
+        return NULL;
+    gateway_group *g = calloc(1, sizeof(*g));
+    if (!g)
+        return NULL;
+    if (uv_mutex_init(&g->lock) != 0) {
+        free(g);
+        return NULL;
+    }
+    g->n = n;
+    g->leases_pending = n;
+    return g;
+}
+
+void gateway_group_free(gateway_group *g)
+{
+    if (!g)
+        return;
+    for (size_t i = 0; i < GW_RATE_SLOTS; i++) {
+        rate_bucket *b = g->rates[i];
+        while (b) {
+            rate_bucket *n = b->next;
+            free(b);
+            b = n;
+        }
+    }
+    for (local_budget *b = g->local, *n; b; b = n) {
+        n = b->next;
+        free(b);
+    }
+    tok_set_free(&g->toks);
+    prices_free(g->prices);
+    uv_mutex_destroy(&g->lock);
+    free(g);
+}
+
+gateway *gateway_new(uv_loop_t *loop, const config *cfg, gateway_group *grp, unsigned index)
+{
+    if (!grp || index >= grp->n)
+        return NULL;
     gateway *gw = calloc(1, sizeof(*gw));
     if (!gw)
         return NULL;
     gw->loop = loop;
+    gw->grp = grp;
+    gw->index = index;
     gw->cfg = config_ref(cfg);
     http_limits l = limits_of(cfg);
     gw->srv = http_server_new(loop, &l, on_request, gw);
     gw->pool = httpc_pool_new(loop);
     gw->metrics = metrics_new(cfg->metrics_key_labels);
-    if (!gw->srv || !gw->pool || !gw->metrics) {
+    if (!gw->srv || !gw->pool || !gw->metrics || uv_async_init(loop, &gw->wake, wake_cb) != 0) {
         gateway_free(gw);
         return NULL;
     }
+    gw->wake_open = true;
+    gw->wake.data = gw;
+    uv_unref((uv_handle_t *)&gw->wake);
     tls_prewarm(gw, cfg);
     char err[600];
-    if (tok_set_load(&gw->toks, cfg->tokenizer_dir, err, sizeof err) == 2)
-        log_info(NULL, "tokenizer: o200k_base and cl100k_base from %s", gw->toks.dir);
-    else
-        log_warn(NULL, "tokenizer data incomplete (%s): token counts for calls without provider "
-                       "usage are estimates", err);
+    group_load(grp, cfg);
+    gw->toks = &grp->toks;
+    gw->prices = grp->prices;
     gw->work = tok_work_new();
-    const char *pf = cfg->prices_file ? cfg->prices_file : prices_default_file();
-    gw->prices = pf ? prices_load_file(pf, err, sizeof err) : NULL;
-    if (!gw->prices)
-        log_warn(NULL, "price catalog not loaded (%s): costs only for models with a configured price",
-                 pf ? err : "no catalog file found");
     gw->routes = route_table_new(cfg, gw->prices);
     if (!gw->routes || uv_timer_init(loop, &gw->retry_timer) != 0) {
         gateway_free(gw);
@@ -3605,6 +3926,11 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
         gw->trim_timer.data = gw;
         uv_timer_start(&gw->trim_timer, trim_tick, GW_TRIM_MS, GW_TRIM_MS);
         uv_unref((uv_handle_t *)&gw->trim_timer);
+    }
+    if (grp->n > 1 && uv_timer_init(loop, &gw->state_timer) == 0) {
+        gw->state_timer.data = gw;
+        uv_timer_start(&gw->state_timer, state_tick, 0, 100);
+        uv_unref((uv_handle_t *)&gw->state_timer);
     }
     gw->checks = checks_new(loop, gw->pool, cfg, &gw->routes);
     if (cfg->database.url) {
@@ -3621,7 +3947,8 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
         gw->failed = true;
         return gw;
     }
-    local_rebuild(gw, cfg);
+    if (index == 0)
+        local_rebuild(gw, cfg);
     gw->jobs = jobs_new(gw->store);
     if (gw->store) {
         store_on_notify(gw->store, jobs_notified, gw);
@@ -3631,6 +3958,9 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg)
         if (gw->leases)
             leases_on_alert(gw->leases, cfg->budgets.soft_pct, budget_alert, gw);
     }
+    uv_mutex_lock(&grp->lock);
+    grp->gw[index] = gw;
+    uv_mutex_unlock(&grp->lock);
     return gw;
 }
 
@@ -3647,11 +3977,13 @@ void gateway_on_fatal(gateway *gw, void (*cb)(void *ud, const char *msg), void *
     gw->fatal_ud = ud;
 }
 
-int gateway_start(gateway *gw)
+int gateway_start(gateway *gw, uint16_t port)
 {
     if (gw->failed)
         return -EINVAL;
-    return http_server_listen(gw->srv, gw->cfg->listen.host, gw->cfg->listen.port);
+    if (gw->grp->n > 1)
+        return http_server_listen_reuseport(gw->srv, gw->cfg->listen.host, port);
+    return http_server_listen(gw->srv, gw->cfg->listen.host, port);
 }
 
 uint16_t gateway_port(const gateway *gw) { return http_server_port(gw->srv); }
@@ -3698,13 +4030,46 @@ static void ledger_drained(void *ud)
     gw->drained(gw->drained_ud);
 }
 
+/* The first worker drains the ledger once every worker has returned its
+ * leases (their calls have all ended: no row comes after). */
+static void ledger_drain_maybe(gateway *gw)
+{
+    if (gw->index != 0 || !gw->leases_done || !gw->drained)
+        return;
+    uv_mutex_lock(&gw->grp->lock);
+    unsigned pending = gw->grp->leases_pending;
+    uv_mutex_unlock(&gw->grp->lock);
+    if (pending)
+        return;
+    void (*done)(void *) = gw->drained;
+    if (gw->ledger) {
+        gw->leases_done = false; /* once */
+        ledger_drain(gw->ledger, ledger_drained, gw);
+    } else {
+        gw->drained = NULL;
+        done(gw->drained_ud);
+    }
+}
+
 static void leases_drained(void *ud)
 {
     gateway *gw = ud;
-    if (gw->ledger)
-        ledger_drain(gw->ledger, ledger_drained, gw);
-    else
-        gw->drained(gw->drained_ud);
+    gateway_group *g = gw->grp;
+    gw->leases_done = true;
+    uv_mutex_lock(&g->lock);
+    g->leases_pending--;
+    gateway *first = g->gw[0];
+    if (gw->index > 0 && first && first->wake_open)
+        uv_async_send(&first->wake);
+    uv_mutex_unlock(&g->lock);
+    if (gw->index > 0) {
+        void (*done)(void *) = gw->drained;
+        gw->drained = NULL;
+        if (done)
+            done(gw->drained_ud);
+        return;
+    }
+    ledger_drain_maybe(gw);
 }
 
 /* After the last connection: report spend and return the leases, then
@@ -3723,9 +4088,87 @@ static void http_drained(void *ud)
 
 void gateway_drain(gateway *gw, void (*done)(void *), void *ud)
 {
+    if (gw->drained || gw->closing)
+        return;
     gw->drained = done;
     gw->drained_ud = ud;
+    __atomic_store_n(&gw->grp->state[gw->index], 1, __ATOMIC_RELAXED);
     http_server_drain(gw->srv, http_drained, gw);
+}
+
+/* Other threads' requests to this loop: a reload, a drain, a close, parts
+ * of scrapes, scrapes whose parts are all in, the other workers' drains
+ * (the first worker's ledger waits for them). */
+static void wake_cb(uv_async_t *a)
+{
+    gateway *gw = a->data;
+    gateway_group *g = gw->grp;
+    uv_mutex_lock(&g->lock);
+    const config *cfg = gw->post_cfg;
+    gw->post_cfg = NULL;
+    bool drain = gw->post_drain, close = gw->post_close;
+    gw->post_drain = gw->post_close = false;
+    scrape_ask *asks = gw->scrapes;
+    gw->scrapes = NULL;
+    uv_mutex_unlock(&g->lock);
+    while (asks) {
+        scrape_ask *n = asks->next;
+        scrape_render(gw, asks, !gw->closing);
+        asks = n;
+    }
+    for (;;) { /* this loop's scrapes whose parts are all in */
+        scrape *ready = NULL;
+        uv_mutex_lock(&g->lock);
+        for (scrape *sc = gw->waiting; sc && !ready; sc = sc->next)
+            if (sc->pending == 0)
+                ready = sc;
+        uv_mutex_unlock(&g->lock);
+        if (!ready)
+            break;
+        scrape_finish(ready);
+    }
+    if (cfg) {
+        if (!gw->closing)
+            gateway_reload(gw, cfg);
+        config_unref(cfg);
+    }
+    if (drain && !gw->closing)
+        gateway_drain(gw, gw->post_drained, gw->post_drained_ud);
+    if (close)
+        gateway_close(gw);
+    ledger_drain_maybe(gw);
+}
+
+void gateway_post_reload(gateway *gw, const config *cfg)
+{
+    uv_mutex_lock(&gw->grp->lock);
+    if (gw->post_cfg)
+        config_unref(gw->post_cfg);
+    gw->post_cfg = config_ref(cfg);
+    if (gw->wake_open)
+        uv_async_send(&gw->wake);
+    uv_mutex_unlock(&gw->grp->lock);
+}
+
+void gateway_post_drain(gateway *gw, void (*done)(void *), void *ud)
+{
+    uv_mutex_lock(&gw->grp->lock);
+    gw->post_drain = true;
+    gw->post_drained = done;
+    gw->post_drained_ud = ud;
+    __atomic_store_n(&gw->grp->state[gw->index], 1, __ATOMIC_RELAXED);
+    if (gw->wake_open)
+        uv_async_send(&gw->wake);
+    uv_mutex_unlock(&gw->grp->lock);
+}
+
+void gateway_post_close(gateway *gw)
+{
+    uv_mutex_lock(&gw->grp->lock);
+    gw->post_close = true;
+    if (gw->wake_open)
+        uv_async_send(&gw->wake);
+    uv_mutex_unlock(&gw->grp->lock);
 }
 
 void gateway_close(gateway *gw)
@@ -3733,6 +4176,20 @@ void gateway_close(gateway *gw)
     if (gw->closing)
         return;
     gw->closing = true;
+    __atomic_store_n(&gw->grp->state[gw->index], 1, __ATOMIC_RELAXED);
+    /* scrapes of this loop: answered with what is in (their clients are
+     * being cut anyway); parts asked of it: given up */
+    while (gw->waiting)
+        scrape_finish(gw->waiting);
+    uv_mutex_lock(&gw->grp->lock);
+    scrape_ask *asks = gw->scrapes;
+    gw->scrapes = NULL;
+    uv_mutex_unlock(&gw->grp->lock);
+    while (asks) {
+        scrape_ask *n = asks->next;
+        scrape_render(gw, asks, false);
+        asks = n;
+    }
     http_server_close_all(gw->srv);
     checks_close(gw->checks); /* aborts its calls before the pool closes */
     gw->checks = NULL;
@@ -3741,6 +4198,8 @@ void gateway_close(gateway *gw)
         uv_close((uv_handle_t *)&gw->retry_timer, NULL);
     if (gw->trim_timer.data)
         uv_close((uv_handle_t *)&gw->trim_timer, NULL);
+    if (gw->state_timer.data)
+        uv_close((uv_handle_t *)&gw->state_timer, NULL);
     while (gw->parked) { /* their requests were aborted by close_all */
         parked *p = gw->parked;
         park_unlink(gw, p);
@@ -3748,7 +4207,7 @@ void gateway_close(gateway *gw)
     }
     if (gw->park_timer.data)
         uv_close((uv_handle_t *)&gw->park_timer, NULL);
-    if (gw->ledger)
+    if (gw->ledger && gw->index == 0)
         ledger_close(gw->ledger);
     if (gw->leases)
         leases_close(gw->leases);
@@ -3756,19 +4215,26 @@ void gateway_close(gateway *gw)
         ratelimits_close(gw->ratelimits);
     if (gw->store)
         store_close(gw->store);
+    if (gw->wake_open) {
+        uv_mutex_lock(&gw->grp->lock);
+        gw->wake_open = false; /* no thread sends to it from here on */
+        uv_mutex_unlock(&gw->grp->lock);
+        uv_close((uv_handle_t *)&gw->wake, NULL);
+    }
 }
 
 void gateway_free(gateway *gw)
 {
     if (!gw)
         return;
-    for (size_t i = 0; i < GW_RATE_SLOTS; i++) {
-        rate_bucket *b = gw->rates[i];
-        while (b) {
-            rate_bucket *n = b->next;
-            free(b);
-            b = n;
-        }
+    if (gw->grp) {
+        uv_mutex_lock(&gw->grp->lock);
+        if (gw->grp->gw[gw->index] == gw)
+            gw->grp->gw[gw->index] = NULL;
+        if (gw->post_cfg)
+            config_unref(gw->post_cfg);
+        gw->post_cfg = NULL;
+        uv_mutex_unlock(&gw->grp->lock);
     }
     if (gw->srv)
         http_server_free(gw->srv);
@@ -3777,18 +4243,13 @@ void gateway_free(gateway *gw)
     free(gw->tls);
     free(gw->mocks);
     tok_work_free(gw->work);
-    tok_set_free(&gw->toks);
     route_table_free(gw->routes);
-    prices_free(gw->prices);
-    ledger_free(gw->ledger);
+    if (gw->index == 0)
+        ledger_free(gw->ledger);
     metrics_free(gw->metrics);
     jobs_free(gw->jobs);
     leases_free(gw->leases);
     ratelimits_free(gw->ratelimits);
-    for (local_budget *b = gw->local, *n; b; b = n) {
-        n = b->next;
-        free(b);
-    }
     store_free(gw->store);
     config_unref(gw->cfg);
     free(gw);

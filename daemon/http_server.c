@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <llhttp.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1062,7 +1063,40 @@ http_server *http_server_new(uv_loop_t *loop, const http_limits *limits, http_re
 
 void http_server_set_limits(http_server *s, const http_limits *limits) { s->limits = *limits; }
 
+static int listen_on(http_server *s, const char *host, uint16_t port, bool reuseport);
+
 int http_server_listen(http_server *s, const char *host, uint16_t port)
+{
+    return listen_on(s, host, port, false);
+}
+
+int http_server_listen_reuseport(http_server *s, const char *host, uint16_t port)
+{
+    return listen_on(s, host, port, true);
+}
+
+/* A socket bound to ss with SO_REUSEPORT (libuv 1.44 has no flag for it),
+ * so every worker's loop listens on the same port and the kernel spreads
+ * the connections. The fd, or -errno. */
+static int reuseport_socket(const struct sockaddr_storage *ss)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int on = 1;
+    socklen_t len = ss->ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                             : sizeof(struct sockaddr_in6);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 ||
+        bind(fd, (const struct sockaddr *)ss, len) != 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
+static int listen_on(http_server *s, const char *host, uint16_t port, bool reuseport)
 {
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof(ss));
@@ -1084,7 +1118,14 @@ int http_server_listen(http_server *s, const char *host, uint16_t port)
         return rc;
     s->listening = true;
     s->listener.data = s;
-    rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0);
+    if (reuseport) {
+        int fd = reuseport_socket(&ss);
+        rc = fd < 0 ? fd : uv_tcp_open(&s->listener, fd);
+        if (fd >= 0 && rc)
+            close(fd);
+    } else {
+        rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0);
+    }
     if (!rc)
         rc = uv_listen((uv_stream_t *)&s->listener, 1024, accept_cb);
     if (rc)

@@ -92,6 +92,10 @@ void http_server_set_limits(http_server *s, const http_limits *limits);
 /* Binds and listens on host:port (port 0 = any free port). 0 or -errno. */
 int http_server_listen(http_server *s, const char *host, uint16_t port)
     __attribute__((warn_unused_result));
+/* The same with SO_REUSEPORT: one listener per worker loop on one port
+ * (port 0: the first takes a free port, the others pass it). */
+int http_server_listen_reuseport(http_server *s, const char *host, uint16_t port)
+    __attribute__((warn_unused_result));
 /* The port actually bound (useful after port 0). */
 uint16_t http_server_port(const http_server *s);
 /* Starts draining: takes in the connections queued on the listener, then

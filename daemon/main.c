@@ -11,7 +11,11 @@
  *
  * Signals: SIGTERM/SIGINT drain (a second one stops at once), SIGHUP
  * reloads the config file, SIGUSR1 reopens the log files (log.file,
- * log.access_file) after a rotation. */
+ * log.access_file) after a rotation.
+ *
+ * workers: N runs N loops: the first on this thread (it also takes the
+ * signals and passes them on), the others in threads of their own, each
+ * with its gateway (daemon/gateway.h, gateway_group). */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -26,17 +30,41 @@
 #include "daemon/migrate.h"
 #include "daemon/version.h"
 
-typedef struct app {
-    uv_loop_t *loop;         /* the one loop */
-    gateway *gw;             /* the request path */
+typedef struct app app;
+
+/* A loop past the first, in its own thread. */
+typedef struct worker {
+    app *a;
+    unsigned index;
+    uv_thread_t thread;
+    uv_loop_t loop;
+    gateway *gw;
+    const config *cfg; /* for the start (own reference until it has started) */
+    uint16_t port;     /* the first worker's */
+    uv_sem_t started;
+    int start_rc;
+} worker;
+
+struct app {
+    uv_loop_t *loop;         /* the first worker's loop (this thread's) */
+    gateway *gw;             /* the first worker's request path */
+    gateway_group *grp;      /* what the workers share */
+    worker *workers;         /* workers 1..n-1 (index 0 unused) */
+    unsigned nworkers;
+    uv_async_t notify;       /* a worker thread ended or hit a fatal error */
+    uv_mutex_t lock;         /* guards exited and fatal_msg */
+    unsigned exited;         /* worker threads ended */
+    char fatal_msg[512];     /* a worker's fatal error, "" none */
+    bool notify_open;
     const char *config_path; /* NULL: embedded default (no reload) */
     uv_signal_t sigterm, sigint, sighup, sigusr1; /* signal watchers */
     uv_timer_t deadline;     /* drain deadline */
     uint32_t drain_ms;       /* drain deadline (timeouts.drain) */
     bool draining;           /* a drain has started */
     bool stopped;            /* handles are closing */
+    bool first_closed;       /* the first worker's gateway is closing */
     int exit_code;           /* 1 after a fatal error */
-} app;
+};
 
 static void usage(FILE *f)
 {
@@ -62,17 +90,58 @@ static int apply_logging(const config *cfg, char *err, size_t errlen)
                     cfg->log_access_file ? cfg->log_access_file : "stdout", err, errlen);
 }
 
+/* The first worker's gateway closes last: it holds the ledger the others
+ * append to, so it waits until their threads have ended. */
+static void maybe_close_first(app *a)
+{
+    if (!a->stopped || a->first_closed)
+        return;
+    uv_mutex_lock(&a->lock);
+    bool all = a->exited + 1 >= a->nworkers;
+    uv_mutex_unlock(&a->lock);
+    if (!all)
+        return;
+    a->first_closed = true;
+    gateway_close(a->gw);
+    if (a->notify_open) {
+        a->notify_open = false;
+        uv_close((uv_handle_t *)&a->notify, NULL);
+    }
+}
+
 static void app_stop(app *a)
 {
     if (a->stopped)
         return;
     a->stopped = true;
-    gateway_close(a->gw);
+    uv_mutex_lock(&a->lock);
+    for (unsigned i = 1; i < a->nworkers; i++)
+        if (a->workers[i].gw)
+            gateway_post_close(a->workers[i].gw);
+    uv_mutex_unlock(&a->lock);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sighup, NULL);
     uv_close((uv_handle_t *)&a->sigusr1, NULL);
     uv_close((uv_handle_t *)&a->deadline, NULL);
+    maybe_close_first(a);
+}
+
+/* On the main thread: a worker thread ended, or one hit a fatal error. */
+static void notify_cb(uv_async_t *h)
+{
+    app *a = h->data;
+    char msg[sizeof(a->fatal_msg)];
+    uv_mutex_lock(&a->lock);
+    snprintf(msg, sizeof msg, "%s", a->fatal_msg);
+    a->fatal_msg[0] = '\0';
+    uv_mutex_unlock(&a->lock);
+    if (msg[0]) {
+        fprintf(stderr, "tollgate: %s\n", msg);
+        a->exit_code = 1;
+        app_stop(a);
+    }
+    maybe_close_first(a);
 }
 
 static void drained_cb(void *ud)
@@ -90,6 +159,14 @@ static void deadline_cb(uv_timer_t *t)
     app_stop(a);
 }
 
+/* A worker past the first has drained (on its own loop): it closes, and
+ * its thread ends with its loop. */
+static void worker_drained(void *ud)
+{
+    worker *w = ud;
+    gateway_close(w->gw);
+}
+
 static void on_stop_signal(uv_signal_t *s, int signum)
 {
     app *a = s->data;
@@ -102,6 +179,11 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     log_info(NULL, "%s: draining, deadline %ums (in flight: %llu)", strsignal(signum), a->drain_ms,
              (unsigned long long)gateway_inflight(a->gw));
     uv_timer_start(&a->deadline, deadline_cb, a->drain_ms, 0);
+    uv_mutex_lock(&a->lock);
+    for (unsigned i = 1; i < a->nworkers; i++)
+        if (a->workers[i].gw)
+            gateway_post_drain(a->workers[i].gw, worker_drained, &a->workers[i]);
+    uv_mutex_unlock(&a->lock);
     gateway_drain(a->gw, drained_cb, a);
 }
 
@@ -113,6 +195,51 @@ static void on_fatal(void *ud, const char *msg)
     fprintf(stderr, "tollgate: %s\n", msg);
     a->exit_code = 1;
     app_stop(a);
+}
+
+/* The same from a worker's thread: the main thread stops the process. */
+static void worker_fatal(void *ud, const char *msg)
+{
+    worker *w = ud;
+    app *a = w->a;
+    uv_mutex_lock(&a->lock);
+    if (!a->fatal_msg[0])
+        snprintf(a->fatal_msg, sizeof a->fatal_msg, "%s", msg);
+    uv_mutex_unlock(&a->lock);
+    uv_async_send(&a->notify);
+}
+
+static void worker_main(void *arg)
+{
+    worker *w = arg;
+    app *a = w->a;
+    bool loop_ok = uv_loop_init(&w->loop) == 0;
+    int rc = -ENOMEM;
+    if (loop_ok) {
+        w->gw = gateway_new(&w->loop, w->cfg, a->grp, w->index);
+        if (w->gw) {
+            gateway_on_fatal(w->gw, worker_fatal, w);
+            rc = gateway_start(w->gw, w->port);
+            if (rc != 0)
+                gateway_close(w->gw);
+        }
+    }
+    w->start_rc = rc;
+    uv_sem_post(&w->started);
+    if (loop_ok) {
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        uv_mutex_lock(&a->lock);
+        gateway *gw = w->gw;
+        w->gw = NULL; /* the main thread posts to it no more */
+        uv_mutex_unlock(&a->lock);
+        gateway_free(gw);
+        if (uv_loop_close(&w->loop) != 0)
+            log_warn(NULL, "worker %u: loop closed with handles still open", w->index);
+    }
+    uv_mutex_lock(&a->lock);
+    a->exited++;
+    uv_async_send(&a->notify); /* under the lock: the main thread closes it after the last */
+    uv_mutex_unlock(&a->lock);
 }
 
 static void on_hup(uv_signal_t *s, int signum)
@@ -130,6 +257,11 @@ static void on_hup(uv_signal_t *s, int signum)
         return;
     }
     gateway_reload(a->gw, cfg);
+    uv_mutex_lock(&a->lock);
+    for (unsigned i = 1; i < a->nworkers; i++)
+        if (a->workers[i].gw)
+            gateway_post_reload(a->workers[i].gw, cfg);
+    uv_mutex_unlock(&a->lock);
     if (apply_logging(cfg, err, sizeof(err)) != 0)
         log_error(NULL, "reload: cannot open the log file, keeping the current one: %s", err);
     a->drain_ms = cfg->drain_timeout_ms;
@@ -195,21 +327,63 @@ static int run(const char *path)
 
     app a = {.config_path = path};
     a.loop = uv_default_loop();
-    a.gw = gateway_new(a.loop, cfg);
+    a.nworkers = cfg->workers ? cfg->workers : uv_available_parallelism();
+    if (a.nworkers < 1)
+        a.nworkers = 1;
+    if (a.nworkers > 256)
+        a.nworkers = 256;
+    a.grp = gateway_group_new(a.nworkers);
+    a.workers = calloc(a.nworkers, sizeof(*a.workers));
+    if (!a.grp || !a.workers || uv_mutex_init(&a.lock) != 0 ||
+        uv_async_init(a.loop, &a.notify, notify_cb) != 0) {
+        fprintf(stderr, "tollgate: out of memory\n");
+        config_unref(cfg);
+        return 1;
+    }
+    a.notify.data = &a;
+    a.notify_open = true;
+    a.gw = gateway_new(a.loop, cfg, a.grp, 0);
     if (!a.gw) {
         fprintf(stderr, "tollgate: out of memory\n");
         config_unref(cfg);
         return 1;
     }
     gateway_on_fatal(a.gw, on_fatal, &a);
-    rc = gateway_start(a.gw);
+    rc = gateway_start(a.gw, cfg->listen.port);
+    /* the other workers, on the port the first got */
+    unsigned started = 1;
+    for (unsigned i = 1; rc == 0 && i < a.nworkers; i++) {
+        worker *w = &a.workers[i];
+        w->a = &a;
+        w->index = i;
+        w->cfg = cfg;
+        w->port = gateway_port(a.gw);
+        if (uv_sem_init(&w->started, 0) != 0 || uv_thread_create(&w->thread, worker_main, w) != 0) {
+            rc = -EAGAIN;
+            break;
+        }
+        uv_sem_wait(&w->started);
+        uv_sem_destroy(&w->started);
+        started++;
+        rc = w->start_rc;
+    }
     if (rc != 0) {
         if (rc != -EINVAL)
             fprintf(stderr, "tollgate: cannot listen on %s: %s\n", cfg->listen.text,
                     uv_strerror(rc));
-        gateway_close(a.gw);
+        a.nworkers = started; /* the threads that run */
+        uv_signal_init(a.loop, &a.sigterm);
+        uv_signal_init(a.loop, &a.sigint);
+        uv_signal_init(a.loop, &a.sighup);
+        uv_signal_init(a.loop, &a.sigusr1);
+        uv_timer_init(a.loop, &a.deadline);
+        app_stop(&a);
         uv_run(a.loop, UV_RUN_DEFAULT);
+        for (unsigned i = 1; i < a.nworkers; i++)
+            uv_thread_join(&a.workers[i].thread);
         gateway_free(a.gw);
+        gateway_group_free(a.grp);
+        free(a.workers);
         config_unref(cfg);
         uv_loop_close(a.loop);
         return 1;
@@ -248,16 +422,20 @@ static int run(const char *path)
                 gateway_port(a.gw), demo_key);
         memset(demo_key, 0, sizeof(demo_key));
     }
-    if (cfg->workers > 1)
-        log_warn(NULL, "workers: %u asked for; this version runs one loop (one core): "
-                       "run more instances to use more cores",
-                 cfg->workers);
-    /* the gateway holds its own reference from here on */
+    if (a.nworkers > 1)
+        log_info(NULL, "%u workers (loops, one thread each) on port %u", a.nworkers,
+                 gateway_port(a.gw));
+    /* the gateways hold their own references from here on */
     a.drain_ms = cfg->drain_timeout_ms;
     config_unref(cfg);
 
     uv_run(a.loop, UV_RUN_DEFAULT);
+    for (unsigned i = 1; i < a.nworkers; i++)
+        uv_thread_join(&a.workers[i].thread);
     gateway_free(a.gw);
+    gateway_group_free(a.grp);
+    free(a.workers);
+    uv_mutex_destroy(&a.lock);
     rc = uv_loop_close(a.loop);
     if (rc != 0)
         log_warn(NULL, "loop closed with handles still open");

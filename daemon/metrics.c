@@ -1,9 +1,11 @@
 /* metrics.c - the request counters and histograms behind GET /metrics. */
+#define _GNU_SOURCE /* strndup */
 #include "daemon/metrics.h"
 
 #include <errno.h>
 #include <stddef.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -503,5 +505,319 @@ int metrics_render(const metrics *m, buf *out)
                                 v % 1000000000);
         }
     }
+    return rc;
+}
+
+/* ------------------------------------------------------------ text merge */
+
+/* A value of one sample line, kept exact where the text is: an integer,
+ * a decimal of at most 9 fractional digits (nano units: money, seconds),
+ * else a double. Mixed kinds fall back to the widest. */
+enum { V_INT, V_FIX, V_DBL };
+
+typedef struct mg_sample {
+    char *key;     /* the series: everything before the value */
+    size_t keylen;
+    uint64_t hash;
+    int kind;
+    int frac;      /* fractional digits shown (V_FIX) */
+    int64_t i;     /* V_INT: the value; V_FIX: nano units */
+    double d;      /* the value as a double (always kept) */
+    size_t next_in_family;
+    bool has_next;
+} mg_sample;
+
+typedef struct mg_family {
+    char *name;
+    char *head; /* its # HELP and # TYPE lines */
+    int op;     /* 0 sum, 1 max, 2 min */
+    size_t first, last;
+    bool any;
+} mg_family;
+
+typedef struct mg {
+    mg_family *fam;
+    size_t nfam, capfam;
+    mg_sample *s;
+    size_t ns, caps;
+    size_t *slot; /* open addressing, index + 1 */
+    size_t nslot;
+} mg;
+
+/* Families whose samples are states, not amounts: the process shows the
+ * worst (a circuit open on any loop) or the least (listening on every
+ * loop) rather than a sum. */
+static int family_op(const char *name, size_t n)
+{
+    static const struct {
+        const char *name;
+        int op;
+    } ops[] = {{"tollgate_route_circuit_state", 1},
+               {"tollgate_build_info", 1},
+               {"tollgate_db_listening", 2},
+               {"tollgate_ledger_accepting", 2}};
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+        if (strlen(ops[i].name) == n && memcmp(ops[i].name, name, n) == 0)
+            return ops[i].op;
+    return 0;
+}
+
+static uint64_t mg_hash(const char *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Parses v (n bytes) into kind/i/frac and d. */
+static void mg_value(const char *v, size_t n, int *kind, int64_t *iv, int *frac, double *d)
+{
+    char tmp[64];
+    size_t k = n < sizeof(tmp) - 1 ? n : sizeof(tmp) - 1;
+    memcpy(tmp, v, k);
+    tmp[k] = '\0';
+    *d = strtod(tmp, NULL);
+    *kind = V_DBL;
+    size_t p = tmp[0] == '-' ? 1 : 0, ip = 0, fp = 0;
+    int64_t whole = 0, part = 0;
+    while (p < k && tmp[p] >= '0' && tmp[p] <= '9' && ip < 19) {
+        whole = whole * 10 + (tmp[p++] - '0');
+        ip++;
+    }
+    if (ip == 0 || ip > 18)
+        return;
+    if (p == k) {
+        *kind = V_INT;
+        *iv = tmp[0] == '-' ? -whole : whole;
+        *frac = 0;
+        return;
+    }
+    if (tmp[p] != '.' || ip > 9)
+        return;
+    p++;
+    while (p < k && tmp[p] >= '0' && tmp[p] <= '9' && fp < 10) {
+        part = part * 10 + (tmp[p++] - '0');
+        fp++;
+    }
+    if (p != k || fp == 0 || fp > 9)
+        return;
+    for (size_t z = fp; z < 9; z++)
+        part *= 10;
+    *kind = V_FIX;
+    *frac = (int)fp;
+    *iv = (whole * 1000000000 + part) * (tmp[0] == '-' ? -1 : 1);
+}
+
+static int mg_grow_slots(mg *m)
+{
+    size_t n = m->nslot ? m->nslot * 2 : 1024;
+    size_t *slot = calloc(n, sizeof(*slot));
+    if (!slot)
+        return -ENOMEM;
+    for (size_t i = 0; i < m->ns; i++) {
+        size_t j = m->s[i].hash & (n - 1);
+        while (slot[j])
+            j = (j + 1) & (n - 1);
+        slot[j] = i + 1;
+    }
+    free(m->slot);
+    m->slot = slot;
+    m->nslot = n;
+    return 0;
+}
+
+static mg_family *mg_family_get(mg *m, const char *name, size_t n)
+{
+    for (size_t i = m->nfam; i-- > 0;)
+        if (strlen(m->fam[i].name) == n && memcmp(m->fam[i].name, name, n) == 0)
+            return &m->fam[i];
+    if (m->nfam == m->capfam) {
+        size_t c = m->capfam ? m->capfam * 2 : 64;
+        mg_family *f = realloc(m->fam, c * sizeof(*f));
+        if (!f)
+            return NULL;
+        m->fam = f;
+        m->capfam = c;
+    }
+    mg_family *f = &m->fam[m->nfam];
+    memset(f, 0, sizeof(*f));
+    f->name = strndup(name, n);
+    f->head = strdup("");
+    if (!f->name || !f->head) {
+        free(f->name);
+        free(f->head);
+        return NULL;
+    }
+    f->op = family_op(name, n);
+    m->nfam++;
+    return f;
+}
+
+/* One "# HELP" / "# TYPE" line: kept once for its family. */
+static int mg_head(mg *m, const char *line, size_t n, size_t *cur)
+{
+    const char *name = line + 7, *end = line + n;
+    const char *sp = memchr(name, ' ', (size_t)(end - name));
+    if (!sp)
+        sp = end;
+    mg_family *f = mg_family_get(m, name, (size_t)(sp - name));
+    if (!f)
+        return -ENOMEM;
+    *cur = (size_t)(f - m->fam);
+    bool help = memcmp(line, "# HELP ", 7) == 0;
+    if (strstr(f->head, help ? "# HELP " : "# TYPE "))
+        return 0; /* already had one from another loop */
+    size_t hl = strlen(f->head);
+    char *h = realloc(f->head, hl + n + 2);
+    if (!h)
+        return -ENOMEM;
+    memcpy(h + hl, line, n);
+    h[hl + n] = '\n';
+    h[hl + n + 1] = '\0';
+    f->head = h;
+    return 0;
+}
+
+static int mg_sample_add(mg *m, size_t fam, const char *line, size_t n)
+{
+    const char *sp = NULL;
+    for (size_t i = n; i-- > 0;)
+        if (line[i] == ' ') {
+            sp = line + i;
+            break;
+        }
+    if (!sp)
+        return 0; /* not a sample line */
+    size_t kl = (size_t)(sp - line);
+    int kind, frac = 0;
+    int64_t iv = 0;
+    double d;
+    mg_value(sp + 1, n - kl - 1, &kind, &iv, &frac, &d);
+    if ((m->ns + 1) * 2 > m->nslot && mg_grow_slots(m) != 0)
+        return -ENOMEM;
+    uint64_t h = mg_hash(line, kl);
+    size_t j = h & (m->nslot - 1);
+    while (m->slot[j]) {
+        mg_sample *s = &m->s[m->slot[j] - 1];
+        if (s->hash == h && s->keylen == kl && memcmp(s->key, line, kl) == 0) {
+            int op = m->fam[fam].op;
+            if (s->kind == V_INT && kind == V_FIX) {
+                s->i *= 1000000000;
+                s->kind = V_FIX;
+            } else if (s->kind == V_FIX && kind == V_INT) {
+                iv *= 1000000000;
+                kind = V_FIX;
+            }
+            if (kind == V_DBL || s->kind == V_DBL)
+                s->kind = V_DBL;
+            if (frac > s->frac)
+                s->frac = frac;
+            if (op == 0) {
+                s->i += iv;
+                s->d += d;
+            } else if ((op == 1) == (d > s->d)) {
+                s->i = iv;
+                s->d = d;
+            }
+            return 0;
+        }
+        j = (j + 1) & (m->nslot - 1);
+    }
+    if (m->ns == m->caps) {
+        size_t c = m->caps ? m->caps * 2 : 256;
+        mg_sample *ns = realloc(m->s, c * sizeof(*ns));
+        if (!ns)
+            return -ENOMEM;
+        m->s = ns;
+        m->caps = c;
+    }
+    mg_sample *s = &m->s[m->ns];
+    memset(s, 0, sizeof(*s));
+    s->key = strndup(line, kl);
+    if (!s->key)
+        return -ENOMEM;
+    s->keylen = kl;
+    s->hash = h;
+    s->kind = kind;
+    s->frac = frac;
+    s->i = iv;
+    s->d = d;
+    m->slot[j] = m->ns + 1;
+    mg_family *f = &m->fam[fam];
+    if (f->any) {
+        m->s[f->last].next_in_family = m->ns;
+        m->s[f->last].has_next = true;
+    } else {
+        f->first = m->ns;
+        f->any = true;
+    }
+    f->last = m->ns;
+    m->ns++;
+    return 0;
+}
+
+static int mg_put(const mg_sample *s, buf *out)
+{
+    int rc = buf_append(out, s->key, s->keylen);
+    if (rc)
+        return rc;
+    if (s->kind == V_INT)
+        return buf_printf(out, " %" PRId64 "\n", s->i);
+    if (s->kind == V_FIX) {
+        int64_t a = s->i < 0 ? -s->i : s->i;
+        char frac[16];
+        snprintf(frac, sizeof frac, "%09" PRId64, a % 1000000000);
+        frac[s->frac] = '\0';
+        return buf_printf(out, " %s%" PRId64 ".%s\n", s->i < 0 ? "-" : "", a / 1000000000, frac);
+    }
+    return buf_printf(out, " %.17g\n", s->d);
+}
+
+int metrics_text_merge(const buf *texts, size_t n, buf *out)
+{
+    mg m = {0};
+    int rc = 0;
+    for (size_t t = 0; t < n && !rc; t++) {
+        const char *p = texts[t].data, *end = p + texts[t].len;
+        size_t cur = SIZE_MAX;
+        while (p && p < end && !rc) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);
+            if (len > 7 && (memcmp(p, "# HELP ", 7) == 0 || memcmp(p, "# TYPE ", 7) == 0))
+                rc = mg_head(&m, p, len, &cur);
+            else if (len && p[0] != '#') {
+                if (cur == SIZE_MAX) { /* a sample before any HELP/TYPE: its own family */
+                    size_t nl2 = strcspn(p, "{ ");
+                    mg_family *f = mg_family_get(&m, p, nl2 < len ? nl2 : len);
+                    if (!f)
+                        rc = -ENOMEM;
+                    else
+                        cur = (size_t)(f - m.fam);
+                }
+                if (!rc)
+                    rc = mg_sample_add(&m, cur, p, len);
+            }
+            p = nl ? nl + 1 : end;
+        }
+    }
+    for (size_t f = 0; f < m.nfam && !rc; f++) {
+        rc = buf_append_str(out, m.fam[f].head);
+        for (size_t i = m.fam[f].first; m.fam[f].any && !rc;) {
+            rc = mg_put(&m.s[i], out);
+            if (!m.s[i].has_next)
+                break;
+            i = m.s[i].next_in_family;
+        }
+    }
+    for (size_t f = 0; f < m.nfam; f++) {
+        free(m.fam[f].name);
+        free(m.fam[f].head);
+    }
+    for (size_t i = 0; i < m.ns; i++)
+        free(m.s[i].key);
+    free(m.fam);
+    free(m.s);
+    free(m.slot);
     return rc;
 }

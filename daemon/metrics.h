@@ -68,6 +68,14 @@ int metrics_merge(metrics *dst, const metrics *src);
 /* Appends the families (with # HELP and # TYPE) to out. 0 or -ENOMEM. */
 int metrics_render(const metrics *m, buf *out);
 
+/* Sums the texts of n loops' scrapes (the Prometheus text format, as
+ * rendered by one loop) into one: families in the order first seen, each
+ * with its HELP/TYPE once and its series once, values added (integers and
+ * decimals of up to 9 places exactly), except state gauges: a route's
+ * circuit state shows the worst loop, tollgate_db_listening and
+ * tollgate_ledger_accepting the least. 0 or -ENOMEM. */
+int metrics_text_merge(const buf *texts, size_t n, buf *out);
+
 /* One sample with its HELP/TYPE lines (help NULL: the sample only, for
  * more series of a family already introduced). labels is the inside of
  * {} already escaped, or NULL. */

@@ -77,11 +77,8 @@ static const char *const stmt_names[TN_NKINDS][2] = {
     [TN_PRICE] = {"tg_page_prices", "tg_row_prices"},
 };
 
-static void store_sql_init(void)
+static void store_sql_fill(void)
 {
-    static bool done;
-    if (done)
-        return;
     for (int k = 0; k < TN_NKINDS; k++) {
         kind_sql *q = &store_sql[k];
         const char *id = k == TN_TEAM ? "t.id" : "id"; /* teams join their org */
@@ -91,7 +88,13 @@ static void store_sql_init(void)
         q->page_stmt = (pg_stmt){stmt_names[k][0], q->page, 1};
         q->row_stmt = (pg_stmt){stmt_names[k][1], q->row, 1};
     }
-    done = true;
+}
+
+/* Once per process (every worker's store reads the same texts). */
+static void store_sql_init(void)
+{
+    static uv_once_t once = UV_ONCE_INIT;
+    uv_once(&once, store_sql_fill);
 }
 
 typedef struct row_req row_req;

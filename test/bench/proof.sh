@@ -30,6 +30,7 @@
 #   PROOF_STALL_MS            a gap between two reads of a held stream above this is a stall (3000)
 #   PROOF_TOKENIZER_SECONDS   measured seconds per tokenizer cell and tool (2; quick 0.3)
 #   PROOF_THREADS             wrk threads, capped at the connections (1)
+#   PROOF_WORKERS             tollgate's workers (1: one loop, as nginx runs one worker)
 #   PROOF_SECTIONS            which parts to run ("a b c d e")
 #   BENCH_SKIP_SETUP=1        no apt-get and no cmake build; use PROOF_BIN
 #   PROOF_BIN                 tollgate binary (build-proof/tollgate)
@@ -57,6 +58,7 @@ hold_rate=${PROOF_HOLD_RATE:-500}
 stall_ms=${PROOF_STALL_MS:-3000}
 tok_seconds=${PROOF_TOKENIZER_SECONDS:-$q_tok}
 threads=${PROOF_THREADS:-1}
+gw_workers=${PROOF_WORKERS:-1}
 sections=${PROOF_SECTIONS:-"a b c d e"}
 has() { [[ " $sections " == *" $1 "* ]]; }
 build=$root/build-proof
@@ -66,7 +68,7 @@ dur_s=$(secs_of "$duration") || die "PROOF_DURATION: not a duration: $duration"
 warm_s=$(secs_of "$warmup") || die "PROOF_WARMUP: not a duration: $warmup"
 [ "$dur_s" -ge 1 ] && [ "$dur_s" -le 600 ] || die "PROOF_DURATION: 1s..10m"
 [ "$warm_s" -le 60 ] || die "PROOF_WARMUP: at most 60s"
-for v in $conns_list $pk_conns_list $stream_conns $streams $hold_s $hold_rate $stall_ms $threads; do
+for v in $conns_list $pk_conns_list $stream_conns $streams $hold_s $hold_rate $stall_ms $threads $gw_workers; do
     [[ $v =~ ^[1-9][0-9]*$ ]] || die "not a positive number: $v"
 done
 [ "$streams" -le 100000 ] && [ "$hold_s" -le 600 ] || die "PROOF_STREAMS <= 100000, PROOF_HOLD_SECONDS <= 600"
@@ -164,7 +166,7 @@ up_pid=${pids[up_idx]}
 # (so the held streams' connections are gone before the next part).
 cat >"$run/tollgate.yaml" <<EOF
 listen: "127.0.0.1:0"
-workers: 1
+workers: $gw_workers
 log: {level: info, access: true}
 timeouts: {drain: 2s}
 database: {url: "$conninfo"}

@@ -209,7 +209,11 @@ export class Gateway extends EventEmitter {
 
   /** Writes the config file (an object, rendered as YAML, or raw YAML text). */
   writeConfig(config) {
-    fs.writeFileSync(this.configPath, typeof config === 'string' ? config : toYaml(config));
+    // one loop unless a test asks for workers (the daemon's default is one
+    // per core): counts of statements, mock fault sequences and lease
+    // slices are per loop
+    const cfg = typeof config === 'string' || 'workers' in config ? config : { workers: 1, ...config };
+    fs.writeFileSync(this.configPath, typeof cfg === 'string' ? cfg : toYaml(cfg));
   }
 
   /** Sends a signal to the daemon. */

@@ -104,7 +104,7 @@ static void test_example_file(void **state)
     assert_string_equal(cfg->listen.host, "127.0.0.1");
     assert_int_equal(cfg->listen.port, 8080);
     assert_false(cfg->listen.ipv6);
-    assert_int_equal(cfg->workers, 1);
+    assert_int_equal(cfg->workers, 0); /* one per core */
     assert_int_equal(cfg->log_level, LOG_INFO);
     assert_true(cfg->log_access);
     assert_int_equal(cfg->max_body_bytes, 4194304);
@@ -317,7 +317,7 @@ static void test_defaults_and_empty(void **state)
         config *cfg = load_ok(docs[i]);
         assert_string_equal(cfg->listen.host, "127.0.0.1");
         assert_int_equal(cfg->listen.port, 8080);
-        assert_int_equal(cfg->workers, 1);
+        assert_int_equal(cfg->workers, 0);
         assert_int_equal(cfg->log_level, LOG_INFO);
         assert_true(cfg->log_access);
         assert_string_equal(cfg->log_file, "stdout");
@@ -404,7 +404,7 @@ static void test_errors_top_level(void **state)
                  "first given on line 1", NULL);
     expect_error("workers: abc\n", "t.yaml:1: workers: not a whole number", "\"abc\"", NULL);
     expect_error("workers: -1\n", "workers: not a whole number", NULL, NULL);
-    expect_error("workers: 0\n", "t.yaml:1: workers: must be from 1 to 256", NULL, NULL);
+    expect_error("workers: 257\n", "t.yaml:1: workers: must be from 0 to 256", NULL, NULL);
     expect_error("limits:\n  max_body_bytes: 0\n",
                  "t.yaml:2: limits.max_body_bytes:", "must be from 1 to", NULL);
     expect_error("limits:\n  max_headers: 0\n", "t.yaml:2: limits.max_headers: must be from 1",

@@ -180,12 +180,112 @@ static void test_cap_and_merge(void **state)
     metrics_free(sum);
 }
 
+/* Two loops' scrapes merged into the process's: amounts summed exactly
+ * (integers, money to the nano, histogram sums), each family's HELP/TYPE
+ * and each series once, a series only one loop has kept, states by their
+ * worst/least, and a merge of one text is that text. */
+static void test_text_merge(void **state)
+{
+    (void)state;
+    const char *a = "# HELP tollgate_build_info The running version.\n"
+                    "# TYPE tollgate_build_info gauge\n"
+                    "tollgate_build_info{version=\"1\"} 1\n"
+                    "# HELP tollgate_requests_total Requests.\n"
+                    "# TYPE tollgate_requests_total counter\n"
+                    "tollgate_requests_total{alias=\"a\",status=\"200\"} 3\n"
+                    "# HELP tollgate_price_usd_total Price.\n"
+                    "# TYPE tollgate_price_usd_total counter\n"
+                    "tollgate_price_usd_total{alias=\"a\"} 0.100000000\n"
+                    "# HELP tollgate_dur_seconds Dur.\n"
+                    "# TYPE tollgate_dur_seconds histogram\n"
+                    "tollgate_dur_seconds_bucket{le=\"0.001\"} 2\n"
+                    "tollgate_dur_seconds_sum 0.000123456\n"
+                    "tollgate_dur_seconds_count 2\n"
+                    "# HELP tollgate_route_circuit_state State.\n"
+                    "# TYPE tollgate_route_circuit_state gauge\n"
+                    "tollgate_route_circuit_state{route=\"r\"} 0\n"
+                    "# HELP tollgate_db_listening L.\n"
+                    "# TYPE tollgate_db_listening gauge\n"
+                    "tollgate_db_listening 1\n"
+                    "# HELP tollgate_lease_held_usd Held.\n"
+                    "# TYPE tollgate_lease_held_usd gauge\n"
+                    "tollgate_lease_held_usd 1.0000000000000001e-05\n";
+    const char *b = "# HELP tollgate_build_info The running version.\n"
+                    "# TYPE tollgate_build_info gauge\n"
+                    "tollgate_build_info{version=\"1\"} 1\n"
+                    "# HELP tollgate_requests_total Requests.\n"
+                    "# TYPE tollgate_requests_total counter\n"
+                    "tollgate_requests_total{alias=\"b\",status=\"200\"} 1\n"
+                    "tollgate_requests_total{alias=\"a\",status=\"200\"} 4\n"
+                    "# HELP tollgate_price_usd_total Price.\n"
+                    "# TYPE tollgate_price_usd_total counter\n"
+                    "tollgate_price_usd_total{alias=\"a\"} 0.200000000\n"
+                    "# HELP tollgate_dur_seconds Dur.\n"
+                    "# TYPE tollgate_dur_seconds histogram\n"
+                    "tollgate_dur_seconds_bucket{le=\"0.001\"} 1\n"
+                    "tollgate_dur_seconds_sum 0.000000001\n"
+                    "tollgate_dur_seconds_count 1\n"
+                    "# HELP tollgate_route_circuit_state State.\n"
+                    "# TYPE tollgate_route_circuit_state gauge\n"
+                    "tollgate_route_circuit_state{route=\"r\"} 2\n"
+                    "# HELP tollgate_db_listening L.\n"
+                    "# TYPE tollgate_db_listening gauge\n"
+                    "tollgate_db_listening 0\n"
+                    "# HELP tollgate_lease_held_usd Held.\n"
+                    "# TYPE tollgate_lease_held_usd gauge\n"
+                    "tollgate_lease_held_usd 2.0000000000000002e-05\n"
+                    "# HELP tollgate_ledger_rows_total Rows.\n"
+                    "# TYPE tollgate_ledger_rows_total counter\n"
+                    "tollgate_ledger_rows_total{stage=\"appended\"} 12345678901234\n";
+    buf in[2];
+    buf_init(&in[0], 1 << 20);
+    buf_init(&in[1], 1 << 20);
+    assert_int_equal(buf_append_str(&in[0], a), 0);
+    assert_int_equal(buf_append_str(&in[1], b), 0);
+    buf out;
+    buf_init(&out, 1 << 20);
+    assert_int_equal(metrics_text_merge(in, 2, &out), 0);
+    assert_int_equal(buf_append(&out, "", 1), 0);
+    const char *t = out.data;
+    has_line(t, "tollgate_build_info{version=\"1\"} 1");
+    has_line(t, "tollgate_requests_total{alias=\"a\",status=\"200\"} 7");
+    has_line(t, "tollgate_requests_total{alias=\"b\",status=\"200\"} 1");
+    has_line(t, "tollgate_price_usd_total{alias=\"a\"} 0.300000000"); /* not 0.30000000000000004 */
+    has_line(t, "tollgate_dur_seconds_bucket{le=\"0.001\"} 3");
+    has_line(t, "tollgate_dur_seconds_sum 0.000123457");
+    has_line(t, "tollgate_dur_seconds_count 3");
+    has_line(t, "tollgate_route_circuit_state{route=\"r\"} 2");
+    has_line(t, "tollgate_db_listening 0");
+    has_line(t, "tollgate_lease_held_usd 3.0000000000000004e-05");
+    has_line(t, "tollgate_ledger_rows_total{stage=\"appended\"} 12345678901234");
+    /* each family's head once, its series together right after it */
+    const char *h = strstr(t, "# TYPE tollgate_requests_total counter\n");
+    assert_non_null(h);
+    assert_null(strstr(h + 1, "# TYPE tollgate_requests_total"));
+    const char *next = strstr(h, "# HELP tollgate_price_usd_total");
+    const char *sb = strstr(h, "tollgate_requests_total{alias=\"b\"");
+    assert_non_null(next);
+    assert_non_null(sb);
+    assert_true(sb < next);
+    /* one text: unchanged */
+    buf one;
+    buf_init(&one, 1 << 20);
+    assert_int_equal(metrics_text_merge(in, 1, &one), 0);
+    assert_int_equal((int)one.len, (int)strlen(a));
+    assert_memory_equal(one.data, a, one.len);
+    buf_free(&one);
+    buf_free(&out);
+    buf_free(&in[0]);
+    buf_free(&in[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counts_and_buckets),
         cmocka_unit_test(test_labels_escaped_and_keys),
         cmocka_unit_test(test_cap_and_merge),
+        cmocka_unit_test(test_text_merge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
