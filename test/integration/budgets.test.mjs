@@ -30,7 +30,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { performance } from 'node:perf_hooks';
-import { startGateway, newRequestId, sleep, KEY } from './lib/gateway.mjs';
+import { startGateway, newRequestId, sleep, KEY, postText } from './lib/gateway.mjs';
 import { startMigratedPg, dbConfig, waitReady, adminClient, makeTenant, untilRefused } from './lib/tenancy.mjs';
 
 const T = { timeout: 40000 };
@@ -545,22 +545,8 @@ describe('budgets with leases', () => {
     await sleep(200);
     assert.equal((await call(gw, ten.secret)).status, 200);
     const body = JSON.stringify({ model: 'slow-1', max_tokens: 16, stream: true, messages: [{ role: 'user', content: 'Hi' }] });
-    const stream = () => new Promise((resolve, reject) => {
-      const req = http.request({
-        host: '127.0.0.1', port: gw.port, method: 'POST', path: '/v1/chat/completions', agent: false,
-        headers: { authorization: `Bearer ${ten.secret}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-        timeout: 30000,
-      }, (res) => {
-        let text = '';
-        res.setEncoding('utf8');
-        res.on('data', (d) => { text += d; });
-        res.on('end', () => resolve({ status: res.statusCode, text }));
-        res.on('error', reject);
-      });
-      req.on('timeout', () => req.destroy(new Error('no answer within 30 s')));
-      req.on('error', reject);
-      req.end(body);
-    });
+    const stream = () => postText(gw, '/v1/chat/completions',
+      { authorization: `Bearer ${ten.secret}`, 'content-type': 'application/json' }, body, { timeoutMs: 30000 });
     const q0 = leaseQueries(pg);
     const t0 = performance.now();
     const rs = await Promise.all(Array.from({ length: 600 }, stream));

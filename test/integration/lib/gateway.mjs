@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import http from 'node:http';
 import net from 'node:net';
 import tls from 'node:tls';
 import crypto from 'node:crypto';
@@ -22,6 +23,30 @@ export const LIMITED_KEY = 'tg-limited-key-0123456789abcdef';
 export const UPSTREAM_KEY = 'test-upstream-key';
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * POSTs body (a string) to gw's path over node:http, on a fresh connection
+ * unless an agent is given; resolves {status, text} once the response has
+ * ended (bounded by timeoutMs).
+ */
+export function postText(gw, urlPath, headers, body, { agent = false, timeoutMs = 15000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({
+      host: '127.0.0.1', port: gw.port, method: 'POST', path: urlPath, agent,
+      headers: { ...headers, 'content-length': Buffer.byteLength(body) },
+      timeout: timeoutMs,
+    }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode, text }));
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
 
 /** An operational log line: <ISO time> <level> ... */
 export const OP_LINE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (error|warn |info |debug) /;
