@@ -657,6 +657,16 @@ static void req_sanitize_id(req_impl *r)
     crypto_request_id(r->pub.request_id);
 }
 
+/* How many headers named name (lower case) the request has. */
+static size_t header_count(const req_impl *r, const char *name)
+{
+    size_t n = 0, len = strlen(name);
+    for (size_t i = 0; i < r->noffs; i++)
+        if (r->offs[i].h.name.len == len && strncasecmp(r->offs[i].h.name.p, name, len) == 0)
+            n++;
+    return n;
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     http_conn *c = p->data;
@@ -683,6 +693,20 @@ static int on_headers_complete(llhttp_t *p)
     r->pub.path = slice_make(url, q ? (size_t)(q - url) : r->url_len);
     r->pub.query = q ? slice_make(q + 1, r->url_len - (size_t)(q - url) - 1) : slice_make("", 0);
     r->pub.method = p->method;
+    if (p->method == HTTP_CONNECT) {
+        c->error_status = 405;
+        c->error_msg = "CONNECT is not supported: this is an API gateway, not a forward proxy";
+        return -1;
+    }
+    /* An Upgrade (h2c, websocket) is not taken: the request is an ordinary
+     * one with its body, and the connection stays HTTP/1.1 (RFC 9110 7.8).
+     * Left set, llhttp would skip the body and stop parsing after it. */
+    p->upgrade = 0;
+    if (header_count(r, "host") > 1) {
+        c->error_status = 400;
+        c->error_msg = "more than one Host header";
+        return -1;
+    }
     r->http10 = p->http_major == 1 && p->http_minor == 0;
     r->head = p->method == HTTP_HEAD;
     req_sanitize_id(r);
@@ -759,6 +783,7 @@ static ssize_t conn_parse(http_conn *c, const char *p, size_t n)
         int st = c->error_status;
         const char *code = st == 413 ? "request_too_large"
                            : st == 431 ? "request_header_fields_too_large"
+                           : st == 405 ? "method_not_allowed"
                            : st == 400 ? "bad_request"
                                        : NULL;
         conn_error(c, st, "invalid_request_error", code, c->error_msg);

@@ -1569,6 +1569,54 @@ static void test_request_smuggling_is_400(void **state)
     env_done_free_clients(&e);
 }
 
+/* An Upgrade (h2c, as curl --http2 sends on http://, or a websocket) is
+ * not taken: the request is an ordinary HTTP/1.1 one, its body read, and
+ * the connection stays HTTP/1.1 for the next request (RFC 9110 7.8); it
+ * used to be answered and the next request cut with a 400 "Pause on
+ * CONNECT/Upgrade". CONNECT is refused (405, close): not a forward proxy;
+ * two Host headers are a 400 (RFC 9112 3.2). */
+static void test_upgrade_ignored_connect_refused(void **state)
+{
+    (void)state;
+    http_limits lim = limits_default();
+    env e;
+    env_init(&e, &lim);
+    client *c = calloc(1, sizeof(*c)); /* freed with the rejected ones' */
+    assert_non_null(c);
+    client_open(&e, c);
+    client_send_str(c, "GET /echo?a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                        "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n");
+    run_final(&e, c, 1);
+    client_send_str(c, "POST /echo?b HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n"
+                        "Upgrade: websocket\r\nContent-Length: 5\r\n\r\nhello");
+    run_final(&e, c, 2);
+    client_send_str(c, "GET /echo?c HTTP/1.1\r\nHost: x\r\n\r\n");
+    run_final(&e, c, 3);
+    resp_list l;
+    resps_get(c, 0, &l);
+    assert_int_equal(l.n, 3);
+    assert_int_equal(l.used, c->in.len);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(l.r[i].status, 200);
+        assert_null(resp_header(&l.r[i], "connection"));
+    }
+    json_t *j = resp_json(&l.r[1]);
+    assert_string_equal(jstr(j, "body"), "hello");
+    json_decref(j);
+    resps_free(&l);
+    assert_false(c->ended);
+    assert_int_equal(e.a.requests, 3);
+
+    static const char connect[] = "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+                                  "Content-Length: 4\r\n\r\nabcdGET /echo?smuggled HTTP/1.1\r\n\r\n";
+    expect_rejected(&e, connect, strlen(connect), 405, "method_not_allowed");
+    static const char hosts[] = "GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+    expect_rejected(&e, hosts, strlen(hosts), 400, "bad_request");
+    run_for(&e, 20);
+    assert_int_equal(e.a.requests, 3);
+    env_done_free_clients(&e);
+}
+
 static void test_obs_fold_header(void **state)
 {
     (void)state;
@@ -2235,6 +2283,7 @@ int main(void)
         cmocka_unit_test(test_chunked_body_over_max),
         cmocka_unit_test(test_malformed_requests_are_400),
         cmocka_unit_test(test_request_smuggling_is_400),
+        cmocka_unit_test(test_upgrade_ignored_connect_refused),
         cmocka_unit_test(test_obs_fold_header),
         cmocka_unit_test(test_header_timeout_408),
         cmocka_unit_test(test_body_timeout_408),
