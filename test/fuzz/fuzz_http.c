@@ -7,8 +7,9 @@
  * is sent to it over a fresh TCP connection from the same loop:
  *   byte 0  bits 0-1: number of writes (1-4); bits 2-3: the limits (the
  *           daemon's defaults, tiny ones that trip 413/431, or a mix);
- *           bit 4: a slow client (small receive buffer, reads on every
- *           other turn only), so responses queue on the server;
+ *           bit 4: a slow client (reads on every other turn only, and
+ *           the server's send buffer toward it is pinned small), so
+ *           responses queue on the server;
  *   byte 1, byte 2: where the input is cut (2 writes: at byte 1; 3: at
  *           both; 4: at both and half-way between, so that three cuts
  *           can fall one byte apart);
@@ -20,7 +21,8 @@
  * waits for on_drain whenever http_stream_write says 1, "/big..." with a
  * 96 KiB body (three "/big" or "/flood" per input, later ones get the small
  * answer), anything else at once with a small JSON body. When nothing
- * moves any more the client shuts its write side, reads to EOF and closes.
+ * moves any more and every response has arrived, the client shuts its
+ * write side, reads to EOF and closes.
  *
  * Checked, with abort() on a violation:
  * - a request handed to the application is within the limits; its header
@@ -39,8 +41,9 @@
  *   over request in order, each echoing its request_id, and at most one
  *   more, a 4xx/5xx server error with "Connection: close", last; nothing
  *   follows a response that announced close;
- * - after the client closed, the server holds no connection, and the
- *   loop never spins more than LOOP_MAX turns for one input.
+ * - after the client closed, the server holds no connection, and no
+ *   input takes longer than HANG_MS (a stream waiting for an on_drain
+ *   that never comes, a response that never completes).
  *
  *   CC=clang cmake -S . -B build-fuzz -DTG_FUZZ=ON -DTG_SANITIZE=ON
  *   cmake --build build-fuzz --target fuzz_http
@@ -55,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <uv.h>
 
@@ -63,7 +67,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define LOOP_MAX 20000         /* loop turns for one input before calling it a hang */
+#define HANG_MS 10000          /* one input taking longer than this is a hang */
+#define GUARD_MS 5             /* a sleeping loop turn wakes up at least this often */
 #define QUIET_TURNS 4          /* turns without progress before the client stops */
 #define MAX_IN (32 * 1024)     /* longer inputs are skipped */
 #define MAX_REQS 4096          /* requests one input can hold (MAX_IN / 8) */
@@ -72,8 +77,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define FLOOD_CHUNKS 6          /* ... this many (past the server's high-water mark) */
 #define BIG_BODY (96 * 1024)   /* larger than what one write to the socket takes */
 #define RESP_KEEP (8u << 20)   /* response bytes kept by the client */
-#define SLOW_RCVBUF 8192       /* a slow client's receive buffer ... */
-#define SLOW_SNDBUF 16384      /* ... and the server's send buffer toward it */
+#define SLOW_SNDBUF 16384      /* the server's send buffer toward a slow client */
+#define TCPI_BYTES_RECEIVED 128 /* offsetof(struct tcp_info, tcpi_bytes_received), linux/tcp.h */
 
 static void must(bool ok)
 {
@@ -101,8 +106,9 @@ typedef struct fuzz {
     size_t ninput;
     int nseg, sent;       /* writes in all / done */
     bool connected;       /* connect callback ran */
-    bool write_turn;      /* a write went out this turn */
     bool shut;            /* shutdown requested */
+    size_t shut_in;       /* response bytes received when it was */
+    size_t shut_ans;      /* requests answered when it was */
     bool eof;             /* EOF or error read */
     bool reset;           /* the read ended in an error, not EOF */
     bool closed;          /* client handle closed */
@@ -116,7 +122,10 @@ typedef struct fuzz {
     bool flood;           /* the stream writes big chunks */
     bool wait_drain;      /* http_stream_write said 1: wait for on_drain */
     bool slow;            /* the client reads on every other turn only */
-    bool pinned;          /* the server's send buffer was made small */
+    int sfd;              /* the server's end of the connection, -1 unknown */
+    struct sockaddr_storage me; /* the client's address */
+    socklen_t melen;      /* its length, 0 until known */
+    uint64_t bytes_out;   /* bytes handed to the client socket */
     int step;             /* turns it has been held */
     answered ans[MAX_REQS]; /* answered requests, in order */
     size_t nans;
@@ -131,7 +140,7 @@ static char big_body[BIG_BODY > FLOOD_CHUNK ? BIG_BODY : FLOOD_CHUNK];
 
 static const http_limits limit_sets[4] = {
     /* the daemon's defaults (daemon/config.c) */
-    {16 * 1024, 100, 10u << 20, 60000, 60000, 60000, 60000},
+    {16 * 1024, 100, 4u << 20, 60000, 60000, 60000, 60000},
     /* tiny: headers and bodies trip the limits */
     {96, 4, 16, 60000, 60000, 60000, 60000},
     /* tight headers, roomy body */
@@ -431,38 +440,79 @@ static void cli_closed(uv_handle_t *h)
     f->closed = true;
 }
 
-/* Loopback TCP autotunes the send buffer to megabytes, so a response never
- * waits in the server's own queue. For a slow client, the driver finds the
- * server's end of the connection (the socket whose peer is the client) and
- * pins its send buffer small. */
-static void shrink_server_sndbuf(fuzz *f)
+/* The server's end of the connection is found by the driver (the socket
+ * whose peer is the client), for two things the server's API does not
+ * show: how many of the client's bytes have reached it, and its send
+ * buffer, which a slow client pins small (loopback TCP autotunes it to
+ * megabytes, so a response would never wait in the server's own queue).
+ * -1 when not (or no longer) there. */
+static int server_fd(fuzz *f)
 {
-    struct sockaddr_storage me, peer;
-    int len = sizeof(me);
+    struct sockaddr_storage peer;
+    socklen_t pl = sizeof(peer);
     uv_os_fd_t cfd;
-    if (f->pinned || uv_fileno((uv_handle_t *)&f->cli, &cfd) != 0 ||
-        uv_tcp_getsockname(&f->cli, (struct sockaddr *)&me, &len) != 0)
-        return;
-    f->pinned = true;
-    for (int fd = 3; fd < 1024; fd++) {
-        socklen_t pl = sizeof(peer);
-        if (fd == cfd || getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 ||
-            pl != (socklen_t)len || memcmp(&peer, &me, pl) != 0)
-            continue;
-        int v = SLOW_SNDBUF;
-        (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
-        return;
+    if (f->sfd >= 0 && getpeername(f->sfd, (struct sockaddr *)&peer, &pl) == 0 &&
+        pl == f->melen && memcmp(&peer, &f->me, pl) == 0)
+        return f->sfd;
+    f->sfd = -1;
+    if (!f->connected || http_server_nconns(srv) == 0 ||
+        uv_fileno((uv_handle_t *)&f->cli, &cfd) != 0)
+        return -1;
+    if (f->melen == 0) {
+        int len = sizeof(f->me);
+        if (uv_tcp_getsockname(&f->cli, (struct sockaddr *)&f->me, &len) != 0)
+            return -1;
+        f->melen = (socklen_t)len;
     }
+    for (int fd = 3; fd < 1024; fd++) {
+        pl = sizeof(peer);
+        if (fd == cfd || getpeername(fd, (struct sockaddr *)&peer, &pl) != 0 ||
+            pl != f->melen || memcmp(&peer, &f->me, pl) != 0)
+            continue;
+        f->sfd = fd;
+        if (f->slow) {
+            int v = SLOW_SNDBUF;
+            (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+        }
+        return fd;
+    }
+    return -1;
 }
 
-/* The slow client reads on every other turn, with small socket buffers on
- * both ends, so responses queue on the server side. */
+/* Whether bytes the client wrote may still be on their way: queued in
+ * libuv, or not yet received by the server's socket (where the server's
+ * next poll sees them). Delivery can lag several loop turns on a busy
+ * machine, and the client must not take that for the end. */
+static bool cli_in_flight(fuzz *f)
+{
+    /* glibc's struct tcp_info (netinet/tcp.h, which uv.h includes) ends
+     * before tcpi_bytes_received; the kernel's (linux/tcp.h) has it at
+     * byte 128, a fixed ABI offset (Linux >= 4.1) */
+    unsigned char ti[TCPI_BYTES_RECEIVED + 8];
+    socklen_t tl = sizeof(ti);
+    uint64_t received;
+    if (!f->connected || f->eof)
+        return false;
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&f->cli) > 0)
+        return true;
+    int fd = server_fd(f);
+    if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, ti, &tl) != 0)
+        return false; /* the server closed it: nothing more will be read */
+    if (tl < sizeof(ti))
+        return false; /* an older kernel: no way to tell */
+    memcpy(&received, ti + TCPI_BYTES_RECEIVED, sizeof(received));
+    return received < f->bytes_out;
+}
+
+/* The slow client reads on every other turn, and the server's send buffer
+ * toward it is small, so responses queue on the server side. (Not the
+ * client's receive buffer: a window below loopback's 64 KiB MSS stalls the
+ * sender until its persist timer.) */
 static void cli_pace(fuzz *f, unsigned turn)
 {
     if (!f->slow || !f->connected || f->eof)
         return;
-    if (http_server_nconns(srv) > 0)
-        shrink_server_sndbuf(f);
+    (void)server_fd(f);
     if (turn & 1)
         uv_read_stop((uv_stream_t *)&f->cli);
     else
@@ -474,8 +524,10 @@ static void cli_step(fuzz *f)
     if (!f->connected || f->eof || f->sent >= f->nseg || http_server_nconns(srv) == 0)
         return;
     uv_buf_t b = uv_buf_init((char *)(uintptr_t)f->seg[f->sent], (unsigned)f->segn[f->sent]);
-    if (uv_write(&f->wreq[f->sent], (uv_stream_t *)&f->cli, &b, 1, cli_written) == 0)
+    if (uv_write(&f->wreq[f->sent], (uv_stream_t *)&f->cli, &b, 1, cli_written) == 0) {
         f->progress++;
+        f->bytes_out += b.len;
+    }
     f->sent++;
 }
 
@@ -485,6 +537,7 @@ typedef struct resp_check {
     fuzz *f;
     size_t next;       /* next answered request to match */
     bool error_seen;   /* the server's own error response came */
+    bool late;         /* the server wrote after the client half-closed */
     bool close_seen;   /* a response announced close */
     bool in_id, in_conn;
     buf id, conn;      /* x-request-id / connection values of the current response */
@@ -535,6 +588,12 @@ static int rc_headers_done(llhttp_t *p)
         rc->close_seen = close;
         return a->head ? 1 : 0;
     }
+    /* after a late half-close: a response to a request the server then
+     * aborted (a stream head); not checked further */
+    if (rc->late) {
+        rc->error_seen = true;
+        return HPE_PAUSED;
+    }
     /* the server's own refusal: an error, then the connection closes; its
      * body is not parsed (a refused HEAD request gets none) */
     must(p->status_code >= 400 && p->status_code <= 599 && close);
@@ -557,8 +616,14 @@ static void check_responses(fuzz *f)
     buf_init(&rc.conn, 4096);
     llhttp_init(&p, HTTP_RESPONSE, &st);
     p.data = &rc;
+    /* Bytes sent after the client half-closed may arrive later, and the
+     * server takes EOF for a client gone: what it answers after the
+     * shutdown may be cut short (or missing). Only the responses answered
+     * before must be whole then -- and they were complete already. */
+    bool late = f->shut && (f->in.len > f->shut_in || f->nans > f->shut_ans);
+    rc.late = late;
     llhttp_errno_t e = f->in.len ? llhttp_execute(&p, f->in.data, f->in.len) : HPE_OK;
-    if (e == HPE_OK && !f->reset)
+    if (e == HPE_OK && !f->reset && !late)
         e = llhttp_finish(&p);
     if (e != HPE_OK && e != HPE_PAUSED) {
         fprintf(stderr, "fuzz_http: bad response stream: %s (%s)\n", llhttp_errno_name(e),
@@ -567,13 +632,73 @@ static void check_responses(fuzz *f)
     }
     must(e != HPE_PAUSED || rc.error_seen);
     /* every answered request got its response, unless the connection broke */
-    if (!f->reset)
+    if (!f->reset && !late)
         must(rc.next == f->nans);
+    if (f->shut)
+        must(rc.next >= f->shut_ans);
     buf_free(&rc.id);
     buf_free(&rc.conn);
 }
 
+/* ------------------------------------------------------------ probe */
+
+/* Whether every answered request's response has fully arrived: the client
+ * only half-closes then (the server takes EOF for a client gone). */
+typedef struct probe {
+    const fuzz *f;
+    size_t finals;   /* final responses begun */
+    size_t done;     /* ... and complete */
+    bool in_msg;     /* inside a message */
+} probe;
+
+static int pr_begin(llhttp_t *p)
+{
+    ((probe *)p->data)->in_msg = true;
+    return 0;
+}
+
+static int pr_headers(llhttp_t *p)
+{
+    probe *q = p->data;
+    if (p->status_code < 200)
+        return 0;
+    size_t i = q->finals++;
+    if (i >= q->f->nans)
+        return HPE_PAUSED; /* the server's own error: it closes by itself */
+    return q->f->ans[i].head ? 1 : 0;
+}
+
+static int pr_complete(llhttp_t *p)
+{
+    probe *q = p->data;
+    q->in_msg = false;
+    if (p->status_code >= 200)
+        q->done++;
+    return 0;
+}
+
+static bool responses_complete(const fuzz *f)
+{
+    static const llhttp_settings_t st = {
+        .on_message_begin = pr_begin,
+        .on_headers_complete = pr_headers,
+        .on_message_complete = pr_complete,
+    };
+    probe q = {.f = f};
+    llhttp_t p;
+    llhttp_init(&p, HTTP_RESPONSE, &st);
+    p.data = &q;
+    llhttp_errno_t e = f->in.len ? llhttp_execute(&p, f->in.data, f->in.len) : HPE_OK;
+    if (e != HPE_OK)
+        return true; /* an error response, or garbage for check_responses to report */
+    return q.done >= f->nans && !q.in_msg;
+}
+
 /* ------------------------------------------------------------ driver */
+
+static uv_timer_t guard; /* wakes a sleeping loop turn */
+
+static void guard_cb(uv_timer_t *t) { (void)t; }
 
 static void setup(void)
 {
@@ -583,6 +708,7 @@ static void setup(void)
     must(srv != NULL);
     must(http_server_listen(srv, "127.0.0.1", 0) == 0);
     port = http_server_port(srv);
+    must(uv_timer_init(&loop, &guard) == 0);
     for (size_t i = 0; i < sizeof(big_body); i++)
         big_body[i] = "0123456789abcdef"[i & 15];
 }
@@ -599,6 +725,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
 
     memset(&f, 0, sizeof(f));
+    f.sfd = -1;
     cur = &f;
     f.lim = limit_sets[(data[0] >> 2) & 3];
     http_server_set_limits(srv, &f.lim);
@@ -636,10 +763,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     must(uv_ip4_addr("127.0.0.1", port, &sa) == 0);
     f.slow = (data[0] >> 4) & 1;
     must(uv_tcp_init_ex(&loop, &f.cli, AF_INET) == 0);
-    if (f.slow) {
-        int rcvbuf = SLOW_RCVBUF;
-        (void)uv_recv_buffer_size((uv_handle_t *)&f.cli, &rcvbuf);
-    }
+    (void)uv_tcp_nodelay(&f.cli, 1); /* each write its own segment, sent at once (no Nagle) */
     f.cli.data = &f;
     int crc = uv_tcp_connect(&f.creq, &f.cli, (const struct sockaddr *)&sa, cli_connected);
     if (crc != 0) {
@@ -649,21 +773,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     unsigned quiet = 0, turns = 0;
     bool closing = false;
+    uint64_t t0 = uv_now(&loop);
+    uv_timer_start(&guard, guard_cb, GUARD_MS, GUARD_MS);
     for (unsigned turn = 0;; turn++) {
         turns = turn;
-        if (turn > LOOP_MAX) {
-            fprintf(stderr, "fuzz_http: no end after %u loop turns\n", turn);
+        if (uv_now(&loop) - t0 > HANG_MS) {
+            fprintf(stderr, "fuzz_http: no end after %u ms (%u loop turns, %zu answered)\n",
+                    HANG_MS, turn, f.nans);
             abort();
         }
         size_t before = f.progress;
         size_t nconns = http_server_nconns(srv);
-        uv_run(&loop, UV_RUN_NOWAIT);
+        /* while things move, turn fast; once they stop, sleep for I/O */
+        uv_run(&loop, quiet >= QUIET_TURNS ? UV_RUN_ONCE : UV_RUN_NOWAIT);
         app_step(&f);
         cli_step(&f);
         cli_pace(&f, turn);
         if (closing && f.closed && http_server_nconns(srv) == 0)
             break;
-        if (f.progress != before || nconns != http_server_nconns(srv))
+        if (f.progress != before || nconns != http_server_nconns(srv) || cli_in_flight(&f))
             quiet = 0;
         else
             quiet++;
@@ -671,14 +799,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             closing = true;
             uv_close((uv_handle_t *)&f.cli, cli_closed);
         } else if (!f.shut && !closing && f.connected && f.sent >= f.nseg && !f.job &&
-                   quiet >= QUIET_TURNS) {
+                   quiet >= QUIET_TURNS && responses_complete(&f)) {
+            /* (while a response is incomplete, its bytes are on their way:
+             * TCP may pause; the sleeping turns wait for them) */
             f.shut = true;
+            f.shut_in = f.in.len;
+            f.shut_ans = f.nans;
             if (uv_shutdown(&f.sreq, (uv_stream_t *)&f.cli, cli_shut) != 0) {
                 closing = true;
                 uv_close((uv_handle_t *)&f.cli, cli_closed);
             }
         }
     }
+    uv_timer_stop(&guard);
     must(f.job == NULL);
     if (getenv("FUZZ_HTTP_TRACE")) /* what came back, for debugging the driver */
         fprintf(stderr, "--- %d writes, %zu answered, %u turns, reset %d, %zu bytes:\n%.*s\n",
