@@ -96,6 +96,7 @@ struct gateway {
     uint64_t inflight_peak;   /* highest inflight since the heap was last trimmed */
     uv_timer_t trim_timer;    /* gives freed heap back after a peak (trim_tick) */
     uv_timer_t state_timer;   /* publishes this loop's readiness (several workers) */
+    uv_prepare_t flush;       /* writes the turn's access lines before the loop waits */
     uint64_t streams;         /* of which relaying an event stream */
     bool closing;             /* gateway_close called */
     bool failed;              /* gateway_new could not set up (gateway_start refuses) */
@@ -3831,6 +3832,12 @@ static void trim_tick(uv_timer_t *t)
 
 static void wake_cb(uv_async_t *a);
 
+static void flush_cb(uv_prepare_t *h)
+{
+    (void)h;
+    log_access_flush();
+}
+
 /* The tokenizer data and the price catalog: read once for every worker. */
 static void group_load(gateway_group *g, const config *cfg)
 {
@@ -3910,6 +3917,11 @@ gateway *gateway_new(uv_loop_t *loop, const config *cfg, gateway_group *grp, uns
     gw->wake_open = true;
     gw->wake.data = gw;
     uv_unref((uv_handle_t *)&gw->wake);
+    if (log_access_batch(1) == 0 && uv_prepare_init(loop, &gw->flush) == 0) {
+        gw->flush.data = gw;
+        uv_prepare_start(&gw->flush, flush_cb);
+        uv_unref((uv_handle_t *)&gw->flush);
+    }
     tls_prewarm(gw, cfg);
     char err[600];
     group_load(grp, cfg);
@@ -4200,6 +4212,10 @@ void gateway_close(gateway *gw)
         uv_close((uv_handle_t *)&gw->trim_timer, NULL);
     if (gw->state_timer.data)
         uv_close((uv_handle_t *)&gw->state_timer, NULL);
+    if (gw->flush.data) { /* the lines of calls ended from here on go out at once */
+        log_access_batch(0);
+        uv_close((uv_handle_t *)&gw->flush, NULL);
+    }
     while (gw->parked) { /* their requests were aborted by close_all */
         parked *p = gw->parked;
         park_unlink(gw, p);
@@ -4227,6 +4243,8 @@ void gateway_free(gateway *gw)
 {
     if (!gw)
         return;
+    if (gw->flush.data && !gw->closing)
+        log_access_batch(0);
     if (gw->grp) {
         uv_mutex_lock(&gw->grp->lock);
         if (gw->grp->gw[gw->index] == gw)

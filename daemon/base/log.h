@@ -7,8 +7,8 @@
  * (log_access()). Until log_open() operational lines go to stderr and the
  * access log to stdout; the daemon then sends each where the config says
  * (log.file, log.access_file: stdout, stderr or a file appended to).
- * Every line is one write(2) of the whole line, so lines from several
- * threads never interleave; log_reopen() (SIGUSR1, after a log rotation)
+ * Every write(2) is of whole lines (one, or a loop turn's access lines),
+ * so lines from several threads never interleave; log_reopen() (SIGUSR1, after a log rotation)
  * swaps the files in with dup2, so a writer never sees a closed
  * descriptor. */
 #ifndef TG_BASE_LOG_H
@@ -28,6 +28,12 @@ void log_msg(enum log_level lvl, const char *ctx, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Writes one access-log line (a JSON object without the newline). */
 void log_access(const char *line, size_t len);
+/* On a loop's thread: on = 1 keeps this thread's access lines in a buffer
+ * until log_access_flush() (the loop calls it before it waits for I/O, so
+ * a turn's lines go out in one write); 0 flushes and stops. -1: no memory
+ * (lines are then written one by one). */
+int log_access_batch(int on);
+void log_access_flush(void);
 /* Disables the access log (config log.access: false). */
 void log_set_access(int on);
 /* Sends operational lines to op and access lines to access: "stdout",
