@@ -161,6 +161,37 @@ start_nginx() {
 
 # bench_get FILE KEY [TAG]: a value from the line starting with TAG (BENCH:
 # chat.lua's line from wrk; SSELOOP/SSEHOLD: sse_load's)
+# check_target NAME URL KEY MODEL [HEADERS]: one plain and one streamed chat
+# completion to URL must answer 200 with 16 completion tokens / [DONE];
+# else the run stops (kept). HEADERS: extra "Name: value" joined by "|".
+check_target() {
+    local name=$1 url=$2 key=$3 model=$4 headers=${5:-} stream sfield body code ok h
+    local hargs=() hs=()
+    IFS='|' read -ra hs <<<"$headers"
+    for h in "${hs[@]}"; do hargs+=(-H "$h"); done
+    for stream in 0 1; do
+        sfield=""
+        [ $stream = 0 ] || sfield='"stream":true,'
+        body="{\"model\":\"$model\",$sfield\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}"
+        code=$(curl -sS -m 10 -o "$run/check.body" -w '%{http_code}' "${hargs[@]}" \
+            -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
+            -d "$body" "$url/v1/chat/completions") || code="curl failed"
+        ok=1
+        [ "$code" = 200 ] || ok=0
+        if [ $stream = 1 ]; then
+            tail -c 200 "$run/check.body" | grep -q 'data: \[DONE\]' || ok=0
+        else
+            grep -q '"completion_tokens":16' "$run/check.body" || ok=0
+        fi
+        if [ $ok = 0 ]; then
+            keep_run=1
+            echo "$bench_name: $name (stream=$stream) check failed: HTTP $code; body:" >&2
+            head -c 600 "$run/check.body" >&2; echo >&2
+            exit 1
+        fi
+    done
+}
+
 bench_get() {
     awk -v k="$2" -v tag="${3:-BENCH}" '$1 == tag { for (i = 2; i <= NF; i++) { split($i, kv, "=");
         if (kv[1] == k) { print kv[2]; exit } } }' "$1"

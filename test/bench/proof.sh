@@ -253,30 +253,7 @@ t_headers=("" "" "" "$pk_headers")
 
 # ---- 3. every target answers 200, plain and streaming ------------------------
 for ti in 0 1 2 3; do
-    for stream in 0 1; do
-        sfield=""
-        [ $stream = 0 ] || sfield='"stream":true,'
-        hargs=()
-        IFS='|' read -ra hs <<<"${t_headers[ti]}"
-        for h in "${hs[@]}"; do hargs+=(-H "$h"); done
-        body="{\"model\":\"${t_models[ti]}\",$sfield\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}"
-        code=$(curl -sS -m 10 -o "$run/check.body" -w '%{http_code}' "${hargs[@]}" \
-            -H "Authorization: Bearer ${t_keys[ti]}" -H 'Content-Type: application/json' \
-            -d "$body" "${t_urls[ti]}/v1/chat/completions") || code="curl failed"
-        ok=1
-        [ "$code" = 200 ] || ok=0
-        if [ $stream = 1 ]; then
-            tail -c 200 "$run/check.body" | grep -q 'data: \[DONE\]' || ok=0
-        else
-            grep -q '"completion_tokens":16' "$run/check.body" || ok=0
-        fi
-        if [ $ok = 0 ]; then
-            keep_run=1
-            echo "$bench_name: ${t_names[ti]} (stream=$stream) check failed: HTTP $code; body:" >&2
-            head -c 600 "$run/check.body" >&2; echo >&2
-            exit 1
-        fi
-    done
+    check_target "${t_names[ti]}" "${t_urls[ti]}" "${t_keys[ti]}" "${t_models[ti]}" "${t_headers[ti]}"
 done
 
 # ---- 4. measuring -----------------------------------------------------------

@@ -130,27 +130,7 @@ check_all_alive() {
 
 # ---- 3. each target answers 200, plain and streaming ------------------------
 for ti in 0 1 2; do
-    for stream in 0 1; do
-        sfield=""
-        [ $stream = 0 ] || sfield='"stream":true,'
-        body="{\"model\":\"${target_models[ti]}\",$sfield\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}"
-        code=$(curl -sS -m 5 -o "$run/check.body" -w '%{http_code}' \
-            -H "Authorization: Bearer ${target_keys[ti]}" -H 'Content-Type: application/json' \
-            -d "$body" "${target_urls[ti]}/v1/chat/completions") || code="curl failed"
-        ok=1
-        [ "$code" = 200 ] || ok=0
-        if [ $stream = 1 ]; then
-            tail -c 200 "$run/check.body" | grep -q 'data: \[DONE\]' || ok=0
-        else
-            grep -q '"completion_tokens":16' "$run/check.body" || ok=0
-        fi
-        if [ $ok = 0 ]; then
-            keep_run=1
-            echo "bench: ${target_names[ti]} (stream=$stream) check failed: HTTP $code; body:" >&2
-            head -c 600 "$run/check.body" >&2; echo >&2
-            exit 1
-        fi
-    done
+    check_target "${target_names[ti]}" "${target_urls[ti]}" "${target_keys[ti]}" "${target_models[ti]}"
 done
 : >"$access_log"   # the curl checks are not part of any row
 
