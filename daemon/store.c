@@ -22,6 +22,7 @@
 #include "crypto/fernet.h"
 #include "daemon/base/clock.h"
 #include "daemon/base/log.h"
+#include "daemon/ledger_cols.h"
 #include "daemon/migrate.h"
 
 #define STORE_PAGE 2000
@@ -99,60 +100,58 @@ static void store_sql_init(void)
 
 typedef struct row_req row_req;
 
-/* The ledger's insert: rows of a JSON array into calls, and exactly the
+/* The ledger's insert: a batch of rows into calls, and exactly the
  * rows inserted (not those a replay sent twice) into usage_daily. */
 #define LEDGER_COLS                                                                                \
     "id, at, request_id, instance, key_id, key_alias, team_id, org_id, job_id, endpoint, "         \
-    "requested_model, provider, provider_model, stream, status, upstream_status, prompt_tokens, " \
+    "requested_model, provider, provider_model, stream, status, upstream_status, prompt_tokens, "  \
     "completion_tokens, cached_tokens, cache_write_tokens, usage_source, cost_nano, price_nano, "  \
     "credential, latency_us, ttft_us, error"
 /* rows spooled before migration 0008 have no attempts: one */
 #define LEDGER_INSERT_COLS LEDGER_COLS ", attempts"
 #define LEDGER_SELECT_COLS LEDGER_COLS ", coalesce(attempts, 1)"
-static const pg_stmt ledger_insert = {
-    "tg_ledger_insert",
-    "WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id text, at timestamptz, "
-    "request_id text, instance text, key_id uuid, key_alias text, team_id uuid, org_id uuid, "
-    "job_id uuid, endpoint text, requested_model text, provider text, provider_model text, "
-    "stream boolean, status integer, upstream_status integer, prompt_tokens bigint, "
-    "completion_tokens bigint, cached_tokens bigint, cache_write_tokens bigint, usage_source "
-    "text, cost_nano bigint, price_nano bigint, credential text, latency_us bigint, ttft_us "
-    "bigint, error text, attempts smallint)), "
-    "ins AS (INSERT INTO calls (" LEDGER_INSERT_COLS ") SELECT " LEDGER_SELECT_COLS " FROM r "
-    "ON CONFLICT (id, at) DO NOTHING RETURNING *), "
-    "roll AS (INSERT INTO usage_daily AS u (day, org_id, team_id, key_id, key_alias, job_id, "
-    "requested_model, provider, requests, errors, prompt_tokens, completion_tokens, "
-    "cached_tokens, cost_nano, price_nano, latency_us_sum) "
-    "SELECT (at AT TIME ZONE 'UTC')::date, org_id, team_id, key_id, key_alias, job_id, "
-    "requested_model, provider, count(*), count(*) FILTER (WHERE status >= 400), "
-    "sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "
-    "coalesce(sum(cost_nano), 0), coalesce(sum(price_nano), 0), sum(latency_us) "
-    "FROM ins GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 "
-    "ON CONFLICT (day, org_id, team_id, key_id, key_alias, job_id, requested_model, provider) "
-    "DO UPDATE SET requests = u.requests + excluded.requests, errors = u.errors + "
-    "excluded.errors, prompt_tokens = u.prompt_tokens + excluded.prompt_tokens, "
-    "completion_tokens = u.completion_tokens + excluded.completion_tokens, cached_tokens = "
-    "u.cached_tokens + excluded.cached_tokens, cost_nano = u.cost_nano + excluded.cost_nano, "
-    "price_nano = u.price_nano + excluded.price_nano, latency_us_sum = u.latency_us_sum + "
-    "excluded.latency_us_sum), "
-    /* teams in a consumption mode pay from their credits: the batch's
-     * newly inserted calls, per team (BYOK calls are never charged) */
-    "chgs AS (SELECT i.team_id, count(*) AS calls, CASE WHEN t.budget_mode = "
-    "'consumption_usd' THEN coalesce(sum(i.price_nano), 0)::bigint ELSE ceil(sum("
-    "i.prompt_tokens + i.completion_tokens)::numeric * 1000000000 / "
-    "t.tokens_per_credit)::bigint END AS amount FROM ins i JOIN teams t ON t.id = i.team_id "
-    "WHERE t.budget_mode IN ('consumption_usd', 'consumption_tokens') AND i.credential NOT "
-    "LIKE '%byok' GROUP BY i.team_id, t.budget_mode, t.tokens_per_credit), "
-    "chg AS (INSERT INTO credit_transactions (team_id, amount_nano, kind, actor, note) "
-    "SELECT team_id, -amount, 'usage', 'gateway', calls || ' calls' FROM chgs "
-    "WHERE amount <> 0 ORDER BY team_id), "
-    /* ... and what the instances reported of it to their credit leases
-     * is now in the balance (migration 0006) */
-    "rep AS (UPDATE budgets b SET spent_nano = b.spent_nano - c.amount FROM chgs c "
-    "WHERE b.scope = 'credit' AND b.scope_id = c.team_id AND c.amount <> 0) "
-    "SELECT count(*) FROM ins",
-    1,
-};
+/* The rows: one array per column, or for a batch those cannot carry
+ * exactly, the JSON array (daemon/ledger_cols.h). */
+#define LEDGER_FROM_COLS "WITH r AS (SELECT * FROM " LEDGER_COLS_UNNEST "), "
+#define LEDGER_FROM_JSON "WITH r AS (SELECT * FROM " LEDGER_JSON_RECORDSET("$1") "), "
+/* Then the calls, their daily rollup, and the credits: teams in a
+ * consumption mode pay from their credits for the batch's newly inserted
+ * calls, per team (BYOK calls are never charged), and what the instances
+ * reported of it to their credit leases is now in the balance (migration
+ * 0006). */
+#define LEDGER_WRITE                                                                               \
+    "ins AS (INSERT INTO calls (" LEDGER_INSERT_COLS ") SELECT " LEDGER_SELECT_COLS " FROM r "     \
+    "ON CONFLICT (id, at) DO NOTHING RETURNING *), "                                               \
+    "roll AS (INSERT INTO usage_daily AS u (day, org_id, team_id, key_id, key_alias, job_id, "     \
+    "requested_model, provider, requests, errors, prompt_tokens, completion_tokens, "              \
+    "cached_tokens, cost_nano, price_nano, latency_us_sum) "                                       \
+    "SELECT (at AT TIME ZONE 'UTC')::date, org_id, team_id, key_id, key_alias, job_id, "           \
+    "requested_model, provider, count(*), count(*) FILTER (WHERE status >= 400), "                 \
+    "sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), "                             \
+    "coalesce(sum(cost_nano), 0), coalesce(sum(price_nano), 0), sum(latency_us) "                  \
+    "FROM ins GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 "                                                    \
+    "ON CONFLICT (day, org_id, team_id, key_id, key_alias, job_id, requested_model, provider) "    \
+    "DO UPDATE SET requests = u.requests + excluded.requests, errors = u.errors + "                \
+    "excluded.errors, prompt_tokens = u.prompt_tokens + excluded.prompt_tokens, "                  \
+    "completion_tokens = u.completion_tokens + excluded.completion_tokens, cached_tokens = "       \
+    "u.cached_tokens + excluded.cached_tokens, cost_nano = u.cost_nano + excluded.cost_nano, "     \
+    "price_nano = u.price_nano + excluded.price_nano, latency_us_sum = u.latency_us_sum + "        \
+    "excluded.latency_us_sum), "                                                                   \
+    "chgs AS (SELECT i.team_id, count(*) AS calls, CASE WHEN t.budget_mode = "                     \
+    "'consumption_usd' THEN coalesce(sum(i.price_nano), 0)::bigint ELSE ceil(sum("                 \
+    "i.prompt_tokens + i.completion_tokens)::numeric * 1000000000 / "                              \
+    "t.tokens_per_credit)::bigint END AS amount FROM ins i JOIN teams t ON t.id = i.team_id "      \
+    "WHERE t.budget_mode IN ('consumption_usd', 'consumption_tokens') AND i.credential NOT "       \
+    "LIKE '%byok' GROUP BY i.team_id, t.budget_mode, t.tokens_per_credit), "                       \
+    "chg AS (INSERT INTO credit_transactions (team_id, amount_nano, kind, actor, note) "           \
+    "SELECT team_id, -amount, 'usage', 'gateway', calls || ' calls' FROM chgs "                    \
+    "WHERE amount <> 0 ORDER BY team_id), "                                                        \
+    "rep AS (UPDATE budgets b SET spent_nano = b.spent_nano - c.amount FROM chgs c "               \
+    "WHERE b.scope = 'credit' AND b.scope_id = c.team_id AND c.amount <> 0) "                      \
+    "SELECT count(*) FROM ins"
+static const pg_stmt ledger_insert_cols = {"tg_ledger_insert_cols", LEDGER_FROM_COLS LEDGER_WRITE,
+                                           LEDGER_NCOLS};
+static const pg_stmt ledger_insert_json = {"tg_ledger_insert", LEDGER_FROM_JSON LEDGER_WRITE, 1};
 
 struct store {
     uv_loop_t *loop;
@@ -882,6 +881,11 @@ typedef struct ledger_req {
     store *s;
     ledger_done_fn done;
     void *token;
+    const char *json; /* the ledger's batch: valid until done is called */
+    size_t len;
+    int fill;         /* ledger_cols_fill's answer */
+    ledger_cols cols; /* filled on the thread pool */
+    uv_work_t work;
 } ledger_req;
 
 static void ledger_done(void *ud, const PGresult *res, const pg_error *err)
@@ -890,8 +894,8 @@ static void ledger_done(void *ud, const PGresult *res, const pg_error *err)
     store *s = lr->s;
     int status = 0;
     if (err) {
-        bool data = err->kind == PG_ERR_SERVER && (strncmp(err->sqlstate, "22", 2) == 0 ||
-                                                   strncmp(err->sqlstate, "23", 2) == 0);
+        bool data = err->kind == PG_ERR_SERVER &&
+                    (strncmp(err->sqlstate, "22", 2) == 0 || strncmp(err->sqlstate, "23", 2) == 0);
         status = data ? -EINVAL : -EIO;
         if (!data)
             s->db_failing = true;
@@ -911,20 +915,55 @@ static void ledger_done(void *ud, const PGresult *res, const pg_error *err)
     free(lr);
 }
 
+/* On the thread pool: a batch of 500 rows takes about a millisecond to
+ * turn into columns, which the loop's other requests should not wait for. */
+static void cols_work(uv_work_t *w)
+{
+    ledger_req *lr = w->data;
+    lr->fill = ledger_cols_fill(&lr->cols, lr->json, lr->len);
+}
+
+static void cols_done(uv_work_t *w, int status)
+{
+    ledger_req *lr = w->data;
+    store *s = lr->s;
+    pg_query *q = NULL;
+    if (status == 0 && !s->closing) {
+        if (lr->fill == 0) {
+            const char *params[LEDGER_NCOLS];
+            for (int i = 0; i < LEDGER_NCOLS; i++)
+                params[i] = lr->cols.col[i].data;
+            q = pg_send(s->pool, &ledger_insert_cols, NULL, LEDGER_NCOLS, params, ledger_done, lr);
+        } else {
+            /* not exactly expressible as arrays: the database reads the JSON */
+            const char *params[1] = {lr->json};
+            q = pg_send(s->pool, &ledger_insert_json, NULL, 1, params, ledger_done, lr);
+        }
+    }
+    ledger_cols_free(&lr->cols); /* pg_send copied them */
+    if (!q) {
+        /* closing, or the pool refused at once: the ledger keeps the rows */
+        ledger_done_fn done = lr->done;
+        void *token = lr->token;
+        free(lr);
+        done(token, -EIO);
+    }
+}
+
 int store_ledger_sink(void *ud, const char *json, size_t len, size_t n, ledger_done_fn done,
                       void *token)
 {
     store *s = ud;
-    (void)len;
     (void)n;
     if (s->closing || !s->schema_ok)
         return -EAGAIN;
     ledger_req *lr = malloc(sizeof(*lr));
     if (!lr)
         return -ENOMEM;
-    *lr = (ledger_req){s, done, token};
-    const char *params[1] = {json};
-    if (!pg_send(s->pool, &ledger_insert, NULL, 1, params, ledger_done, lr)) {
+    *lr = (ledger_req){.s = s, .done = done, .token = token, .json = json, .len = len};
+    ledger_cols_init(&lr->cols);
+    lr->work.data = lr;
+    if (uv_queue_work(s->loop, &lr->work, cols_work, cols_done) != 0) {
         free(lr);
         return -EAGAIN;
     }

@@ -11,7 +11,9 @@
 //   4. DB-less: the spool is the ledger, one JSON line per call;
 //   5. a full spool (database away, spool_max_bytes at its minimum) turns
 //      new calls away with 503 ledger_unavailable, until it drains;
-//   6. SIGTERM: the rows of the last calls reach the database before exit 0.
+//   6. SIGTERM: the rows of the last calls reach the database before exit 0;
+//   7. spooled rows the database refuses go to rejected.jsonl, the rest of
+//      their batch arrives exact, also rows only the JSON statement carries.
 // Every gateway ends without sanitizer reports.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -309,6 +311,104 @@ describe('SIGKILL with rows only in the spool', () => {
     // the replayed segments are gone once shipped
     const left = spoolLines(spool);
     assert.equal(left.length, 0, `spool still holds ${left.length} rows`);
+    assertLedgerConsistent(pg);
+    await stopClean(b, 'restarted gateway');
+  });
+});
+
+describe('spooled rows the database refuses, and rows only JSON can carry', () => {
+  let root;
+  let a;
+  let b;
+  before(() => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'tg-ledger-odd-'));
+  });
+  after(async () => {
+    await a?.stop();
+    await b?.stop();
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  // Batches go to the database as one array per column (daemon/ledger_cols.h),
+  // or as JSON when the arrays cannot carry them exactly; either way a row the
+  // database refuses ends in rejected.jsonl and the rest of its batch arrives.
+  it('the good rows arrive with their exact values, each refused row is kept in rejected.jsonl', T, async () => {
+    const spool = path.join(root, 'spool');
+    const patch = (cfg) => { cfg.ledger = { spool_dir: spool, ship_interval: '50ms' }; };
+    a = await startDbGateway(pg, { patch });
+    await pg.pause();
+    let base;
+    const ids = [];
+    try {
+      const calls = await Promise.all(Array.from({ length: 4 }, () => chat(a, KEY, { id: newRequestId('odd') })));
+      assert.deepEqual(calls.map((c) => c.status), [200, 200, 200, 200]);
+      ids.push(...calls.map((c) => c.id));
+      const until = performance.now() + 5000;
+      let lines = [];
+      while (performance.now() < until) {
+        lines = spoolLines(spool).map((l) => JSON.parse(l));
+        if (ids.every((id) => lines.some((r) => r.request_id === id))) break;
+        await sleep(50);
+      }
+      base = lines.find((r) => r.request_id === ids[0]);
+      assert.ok(base, 'a row of ours in the spool');
+      a.signal('SIGKILL');
+      await a.waitExit(5000);
+    } finally {
+      await pg.resume();
+    }
+    const odd = (tag, fields) => {
+      const r = { ...base, ...fields, id: `odd${tag}${'0'.repeat(29 - tag.length)}`, request_id: newRequestId(`odd-${tag}`) };
+      return r;
+    };
+    const tricky = 'q"uote \\ back {a,b} NULL ünï ✓ \n';
+    const good = [
+      odd('text', { key_alias: tricky, error: 'NULL', extra: { nested: [1, 2] } }),
+      odd('exp', { latency_us: 1e3 }), // JSON.stringify writes 1000: made an exponent below
+      odd('nulls', { ttft_us: null, upstream_status: null, error: null }),
+    ];
+    const bad = [
+      odd('uuid', { key_id: 'not-a-uuid' }), // refused in a column batch
+      odd('nul', { error: 'a\u0000b' }), // arrays cannot carry it: JSON, refused there too
+      odd('frac', { latency_us: 1.5 }), // JSON; not a bigint
+    ];
+    const text = [...good, ...bad]
+      .map((r) => JSON.stringify(r))
+      .map((l) => l.replace('"latency_us":1000,', '"latency_us":1e3,'))
+      .join('\n');
+    assert.ok(text.includes('"latency_us":1e3'));
+    const segs = fs.readdirSync(spool).filter((f) => /^[0-9a-f]{16}\.jsonl$/.test(f)).sort();
+    fs.appendFileSync(path.join(spool, segs[segs.length - 1]), `${text}\n`);
+
+    b = await startDbGateway(pg, { patch });
+    const want = [...ids, ...good.map((r) => r.request_id)];
+    assert.deepEqual(await waitRows(pg, want, 15000), [], 'the good rows');
+    const until = performance.now() + 10000;
+    let rejected = [];
+    while (performance.now() < until) {
+      const f = path.join(spool, 'rejected.jsonl');
+      rejected = fs.existsSync(f) ? fs.readFileSync(f, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l).request_id) : [];
+      if (rejected.length >= bad.length) break;
+      await sleep(100);
+    }
+    assert.deepEqual(rejected.sort(), bad.map((r) => r.request_id).sort(), 'rejected.jsonl');
+    assert.equal([...rowCounts(pg, bad.map((r) => r.request_id)).values()].reduce((x, y) => x + y, 0), 0);
+    const rows = new Map(rowsOf(pg, want).map((r) => [r.request_id, r]));
+    const t = rows.get(good[0].request_id);
+    assert.equal(t.key_alias, tricky);
+    assert.equal(t.error, 'NULL');
+    assert.equal(t.key_id, base.key_id);
+    assert.equal(rows.get(good[1].request_id).latency_us, 1000);
+    const n = rows.get(good[2].request_id);
+    assert.equal(n.ttft_us, null);
+    assert.equal(n.upstream_status, null);
+    assert.equal(n.error, null);
+    for (const id of ids) {
+      const r = rows.get(id);
+      assert.equal(r.status, 200);
+      assert.equal(r.completion_tokens, base.completion_tokens);
+    }
+    assert.deepEqual(spoolLines(spool), [], 'the spool is empty once shipped');
     assertLedgerConsistent(pg);
     await stopClean(b, 'restarted gateway');
   });

@@ -20,7 +20,9 @@
 #include <unistd.h>
 
 #include "daemon/base/log.h"
+#include "billing/ledger.h"
 #include "daemon/dns.h"
+#include "daemon/ledger_cols.h"
 #include "daemon/pg.h"
 
 /* ---- the cluster ---- */
@@ -1152,6 +1154,93 @@ static void test_close_while_connecting(void **state)
     }
 }
 
+/* The ledger's rows read from the column arrays equal the same rows read
+ * from their JSON by jsonb_to_recordset, value for value (daemon/store.c
+ * sends the first and falls back to the second). */
+static void test_ledger_cols_match_json(void **state)
+{
+    (void)state;
+    static const char *const texts[] = {
+        "plain", "", "NULL", "null", "a\"b", "back\\slash", "{a,b}", " lead and trail ",
+        "ünïcødé ✓ 日本語 \xf0\x9f\x98\x80", "tab\tnew\nline\r", "it's", "x\x01y\x1fz", "\\\"",
+    };
+    size_t nt = sizeof(texts) / sizeof(texts[0]);
+    buf j;
+    buf_init(&j, 1 << 20);
+    assert_int_equal(buf_append_str(&j, "["), 0);
+    for (size_t i = 0; i < nt; i++) {
+        char id[40];
+        snprintf(id, sizeof(id), "%032zx", i);
+        ledger_row r = {
+            .id = id,
+            .request_id = texts[i],
+            .at_us = 1764000000123456 + (int64_t)i,
+            .key_id = i % 2 ? NULL : "11c43a96-8b3c-4f9a-a4bf-aceb48af367c",
+            .key_alias = texts[(i + 1) % nt],
+            .team_id = "3f98fc94-b548-404e-8b30-0a01f0c40ba2",
+            .org_id = i % 3 ? "6ea28ceb-596a-4d20-8a9d-cf64cca77113" : NULL,
+            .job_id = i % 4 ? NULL : "aaaaaaaa-8b3c-4f9a-a4bf-aceb48af367c",
+            .requested_model = texts[(i + 2) % nt],
+            .provider = texts[(i + 3) % nt],
+            .provider_model = texts[(i + 4) % nt],
+            .stream = i % 2,
+            .status = 200 + (int)i,
+            .upstream_status = i % 2 ? 0 : 502,
+            .prompt_tokens = (int64_t)i * 1000000007,
+            .completion_tokens = 16,
+            .cached_tokens = INT64_MAX - (int64_t)i,
+            .cache_write_tokens = 0,
+            .usage_source = i % 2 ? "estimated" : "provider",
+            .cost_nano = i % 3 ? (int64_t)i : -1,
+            .price_nano = i % 5 ? INT64_MIN + 1 : -1,
+            .credential = texts[(i + 5) % nt],
+            .latency_us = 321,
+            .ttft_us = i % 2 ? -1 : 7,
+            .attempts = (int)i,
+            .error = i % 2 ? texts[(i + 6) % nt] : NULL,
+        };
+        if (i)
+            assert_int_equal(buf_append_str(&j, ","), 0);
+        assert_int_equal(ledger_row_json(&r, texts[(i + 7) % nt], &j), 0);
+    }
+    /* members absent, null, unknown, and in another order */
+    assert_int_equal(buf_append_str(&j, ",{\"status\":1,\"extra\":[1,{\"a\":2}],\"id\":\"z\","
+                                        "\"error\":null,\"at\":\"2026-01-01T00:00:00+02:00\"}]"),
+                     0);
+
+    ledger_cols lc;
+    ledger_cols_init(&lc);
+    assert_int_equal(ledger_cols_fill(&lc, j.data, j.len), 0);
+    assert_int_equal(lc.rows, nt + 1);
+    const char *vals[LEDGER_NCOLS + 1];
+    for (int i = 0; i < LEDGER_NCOLS; i++)
+        vals[i] = lc.col[i].data;
+    vals[LEDGER_NCOLS] = j.data;
+
+    pg_options o = opts_default();
+    env e;
+    env_init(&e, &o);
+    call c;
+    run_on(&e, e.pool, &c,
+           "WITH a AS (SELECT * FROM " LEDGER_COLS_UNNEST "), "
+           "b AS (SELECT * FROM " LEDGER_JSON_RECORDSET("$29") ") "
+           "SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM b), "
+           "(SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b) d), "
+           "(SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a) d)",
+           LEDGER_NCOLS + 1, vals);
+    if (!c.ok)
+        fail_msg("%s %s", c.sqlstate, c.msg);
+    char want[16];
+    snprintf(want, sizeof(want), "%zu", nt + 1);
+    assert_string_equal(c.v[0], want);
+    assert_string_equal(c.v[1], want);
+    assert_string_equal(c.v[2], "0");
+    assert_string_equal(c.v[3], "0");
+    env_close(&e);
+    ledger_cols_free(&lc);
+    buf_free(&j);
+}
+
 int main(void)
 {
     log_set_level(LOG_WARN);
@@ -1175,6 +1264,7 @@ int main(void)
         cmocka_unit_test(test_server_restart),
         cmocka_unit_test(test_recovery_wakes_all),
         cmocka_unit_test(test_retry_now),
+        cmocka_unit_test(test_ledger_cols_match_json),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
