@@ -194,6 +194,7 @@ struct hc_call {
     bool retried;                 /* the keep-alive race retry was used */
     bool head_only;               /* HEAD request: the response has no body */
     bool req_sent;                /* every request byte went to the socket */
+    bool early;                   /* answer bytes came before the request went: no reuse */
     bool status_seen;             /* the status line arrived */
     bool head_done;               /* on_head delivered */
     bool interim;                 /* the response being parsed is a 1xx */
@@ -681,18 +682,33 @@ static void conn__on_idle_timeout(uv_timer_t *h)
     conn__close(conn);
 }
 
-/* Hands wbuf to uv_write after swapping it with the transport output. */
+/* Writes the transport output: at once when the socket takes it all, the
+ * rest through uv_write after swapping wbuf with the transport output. A
+ * finished uv_write costs an epoll_ctl on the next loop turn (libuv
+ * re-arms the watcher when it drops POLLOUT), one syscall per upstream
+ * request, so the direct write comes first. true when nothing is left to
+ * write. */
 static void conn__on_write(uv_write_t *req, int status);
-
-static void conn__flush(hc_conn *conn)
+static bool conn__flush(hc_conn *conn)
 {
-    if (conn->writing || conn->tio.out.len == 0 || conn->state == CONN_CLOSING)
-        return;
+    if (conn->state == CONN_CLOSING)
+        return false;
+    if (conn->writing)
+        return false;
+    if (conn->tio.out.len == 0)
+        return true;
+    uv_buf_t b = uv_buf_init(conn->tio.out.data, (unsigned)conn->tio.out.len);
+    int n = uv_try_write((uv_stream_t *)&conn->tcp, &b, 1);
+    if (n > 0) {
+        buf_consume(&conn->tio.out, (size_t)n);
+        if (conn->tio.out.len == 0)
+            return true;
+    } /* else EAGAIN, or an error uv_write reports the usual way */
     buf tmp = conn->wbuf;
     conn->wbuf = conn->tio.out;
     conn->tio.out = tmp;
     buf_reset(&conn->tio.out);
-    uv_buf_t b = uv_buf_init(conn->wbuf.data, (unsigned)conn->wbuf.len);
+    b = uv_buf_init(conn->wbuf.data, (unsigned)conn->wbuf.len);
     int rc = uv_write(&conn->wreq, (uv_stream_t *)&conn->tcp, &b, 1, conn__on_write);
     if (rc != 0) {
         log_error(conn->target->ctx, "connection %u: write not started: %s", conn->id,
@@ -705,9 +721,10 @@ static void conn__flush(hc_conn *conn)
             call__fail_later(conn->call,
                              conn->state == CONN_HANDSHAKE ? upstream_err_tls : upstream_err_reset);
         }
-        return;
+        return false;
     }
     conn->writing = true;
+    return false;
 }
 
 static void conn__on_write(uv_write_t *req, int status)
@@ -755,29 +772,31 @@ static void conn__on_write(uv_write_t *req, int status)
 static void conn__send(hc_conn *conn)
 {
     hc_call *call = conn->call;
-    bool progress = false;
-    while (call->req_idx < call->nreq && conn->tio.out.len < HC_WRITE_BATCH) {
-        const uv_buf_t *b = &call->req[call->req_idx];
-        if (call->req_off >= b->len) {
-            call->req_idx++;
-            call->req_off = 0;
-            continue;
+    bool progress = false, step;
+    do { /* a batch at a time, as long as the socket takes each at once */
+        step = false;
+        while (call->req_idx < call->nreq && conn->tio.out.len < HC_WRITE_BATCH) {
+            const uv_buf_t *b = &call->req[call->req_idx];
+            if (call->req_off >= b->len) {
+                call->req_idx++;
+                call->req_off = 0;
+                continue;
+            }
+            /* the same (p, n) again after AGAIN, as mbedtls requires */
+            size_t n = b->len - call->req_off, done = 0;
+            if (n > HC_WRITE_BATCH)
+                n = HC_WRITE_BATCH;
+            tls_result r = tls_write(&conn->tio, b->base + call->req_off, n, &done);
+            if (r == TLS_AGAIN)
+                break;
+            if (r == TLS_ERROR) {
+                call__fail_later(call, upstream_err_reset);
+                return;
+            }
+            call->req_off += done;
+            progress = step = true;
         }
-        /* the same (p, n) again after AGAIN, as mbedtls requires */
-        size_t n = b->len - call->req_off, done = 0;
-        if (n > HC_WRITE_BATCH)
-            n = HC_WRITE_BATCH;
-        tls_result r = tls_write(&conn->tio, b->base + call->req_off, n, &done);
-        if (r == TLS_AGAIN)
-            break;
-        if (r == TLS_ERROR) {
-            call__fail_later(call, upstream_err_reset);
-            return;
-        }
-        call->req_off += done;
-        progress = true;
-    }
-    conn__flush(conn);
+    } while (conn__flush(conn) && step && call->req_idx < call->nreq);
     if (call->fail || call->req_sent)
         return;
     if (call->req_idx == call->nreq && conn->tio.out.len == 0 && !conn->writing) {
@@ -796,8 +815,8 @@ static void call__complete(hc_call *call)
     hc_conn *conn = call->conn;
     httpc_pool *pool = call->pool;
     hc_target *t = call->target;
-    bool keep = llhttp_should_keep_alive(&call->parser) && call->req_sent && !conn->eof &&
-                !tls_pending(&conn->tio) && !pool->closing;
+    bool keep = llhttp_should_keep_alive(&call->parser) && call->req_sent && !call->early &&
+                !conn->eof && !tls_pending(&conn->tio) && !pool->closing;
     conn->call = NULL;
     call->conn = NULL;
     if (!keep) {
@@ -978,9 +997,12 @@ static void conn__stream_ready(hc_conn *conn)
     hc_target *t = conn->target;
     if (!t->tls) {
         conn->state = CONN_ACTIVE;
+        bool early = tls_pending(&conn->tio); /* a proxy sent bytes after its answer */
         call__begin_exchange(call);
-        if (conn->state == CONN_ACTIVE && conn->call == call && tls_pending(&conn->tio))
-            conn__read_response(conn); /* a proxy sent bytes after its answer */
+        if (conn->state == CONN_ACTIVE && conn->call == call && early) {
+            call->early = true; /* read before the request went, whenever it went */
+            conn__read_response(conn);
+        }
         return;
     }
     int rc = conn__start_tls(conn);
@@ -1311,6 +1333,7 @@ static void call__begin_exchange(hc_call *call)
     call->req_idx = 0;
     call->req_off = 0;
     call->req_sent = false;
+    call->early = false;
     call->status_seen = false;
     call->msg_complete = false;
     call->parser_paused = false;
