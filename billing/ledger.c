@@ -129,43 +129,81 @@ static void go_replay(ledger *l);
 
 /* ------------------------------------------------------------ rows */
 
+/* ,"name": (the first member without the comma); no printf: a row is
+ * written for every call. */
+static int json_name(buf *b, const char *name, bool comma)
+{
+    int rc = comma ? buf_append(b, ",\"", 2) : buf_append(b, "\"", 1);
+    if (!rc)
+        rc = buf_append_str(b, name);
+    return rc ? rc : buf_append(b, "\":", 2);
+}
+
 static int json_str_or_null(buf *b, const char *name, const char *v, bool comma)
 {
-    int rc = buf_printf(b, "%s\"%s\":", comma ? "," : "", name);
+    int rc = json_name(b, name, comma);
     if (rc)
         return rc;
     if (!v)
-        return buf_append_str(b, "null");
-    rc = buf_append_str(b, "\"");
+        return buf_append(b, "null", 4);
+    rc = buf_append(b, "\"", 1);
     if (!rc)
         rc = buf_append_json_escaped(b, v, strlen(v));
     if (!rc)
-        rc = buf_append_str(b, "\"");
+        rc = buf_append(b, "\"", 1);
     return rc;
 }
 
 static int json_i64_or_null(buf *b, const char *name, int64_t v, bool present)
 {
-    return present ? buf_printf(b, ",\"%s\":%" PRId64, name, v)
-                   : buf_printf(b, ",\"%s\":null", name);
+    int rc = json_name(b, name, true);
+    if (rc)
+        return rc;
+    return present ? buf_append_i64(b, v) : buf_append(b, "null", 4);
+}
+
+/* "YYYY-MM-DDTHH:MM:SS" of secs, kept per thread for the second it was
+ * last asked for (rows of one second share it). */
+static const char *utc_second(time_t secs)
+{
+    static __thread time_t last = (time_t)-1;
+    static __thread char text[32];
+    if (secs != last) {
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &tm);
+        last = secs;
+    }
+    return text;
 }
 
 int ledger_row_json(const ledger_row *r, const char *instance, buf *out)
 {
-    char at[40];
-    time_t secs = (time_t)(r->at_us / 1000000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    size_t n = strftime(at, sizeof(at), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(at + n, sizeof(at) - n, ".%06" PRId64 "Z", r->at_us % 1000000);
+    int64_t secs = r->at_us / 1000000, frac = r->at_us % 1000000;
+    if (frac < 0) { /* before 1970: the fraction counts up from the second below */
+        secs--;
+        frac += 1000000;
+    }
+    char us[8] = {'.'};
+    for (int i = 6; i > 0; i--, frac /= 10)
+        us[i] = (char)('0' + frac % 10);
+    us[7] = 'Z';
 
-    int rc = buf_append_str(out, "{");
+    int rc = buf_append(out, "{", 1);
     if (!rc)
         rc = json_str_or_null(out, "id", r->id, false);
     if (!rc)
         rc = json_str_or_null(out, "request_id", r->request_id ? r->request_id : "", true);
     if (!rc)
-        rc = buf_printf(out, ",\"at\":\"%s\"", at);
+        rc = json_name(out, "at", true);
+    if (!rc)
+        rc = buf_append(out, "\"", 1);
+    if (!rc)
+        rc = buf_append_str(out, utc_second((time_t)secs));
+    if (!rc)
+        rc = buf_append(out, us, sizeof(us));
+    if (!rc)
+        rc = buf_append(out, "\"", 1);
     if (!rc)
         rc = json_str_or_null(out, "instance", instance, true);
     if (!rc)
@@ -189,16 +227,21 @@ int ledger_row_json(const ledger_row *r, const char *instance, buf *out)
         rc = json_str_or_null(out, "provider_model", r->provider_model ? r->provider_model : "",
                               true);
     if (!rc)
-        rc = buf_printf(out, ",\"stream\":%s,\"status\":%d", r->stream ? "true" : "false",
-                        r->status);
+        rc = json_name(out, "stream", true);
+    if (!rc)
+        rc = r->stream ? buf_append(out, "true", 4) : buf_append(out, "false", 5);
+    if (!rc)
+        rc = json_i64_or_null(out, "status", r->status, true);
     if (!rc)
         rc = json_i64_or_null(out, "upstream_status", r->upstream_status, r->upstream_status > 0);
     if (!rc)
-        rc = buf_printf(out,
-                        ",\"prompt_tokens\":%" PRId64 ",\"completion_tokens\":%" PRId64
-                        ",\"cached_tokens\":%" PRId64 ",\"cache_write_tokens\":%" PRId64,
-                        r->prompt_tokens, r->completion_tokens, r->cached_tokens,
-                        r->cache_write_tokens);
+        rc = json_i64_or_null(out, "prompt_tokens", r->prompt_tokens, true);
+    if (!rc)
+        rc = json_i64_or_null(out, "completion_tokens", r->completion_tokens, true);
+    if (!rc)
+        rc = json_i64_or_null(out, "cached_tokens", r->cached_tokens, true);
+    if (!rc)
+        rc = json_i64_or_null(out, "cache_write_tokens", r->cache_write_tokens, true);
     if (!rc)
         rc =
             json_str_or_null(out, "usage_source", r->usage_source ? r->usage_source : "none", true);
@@ -209,7 +252,7 @@ int ledger_row_json(const ledger_row *r, const char *instance, buf *out)
     if (!rc)
         rc = json_str_or_null(out, "credential", r->credential ? r->credential : "config", true);
     if (!rc)
-        rc = buf_printf(out, ",\"latency_us\":%" PRId64, r->latency_us);
+        rc = json_i64_or_null(out, "latency_us", r->latency_us, true);
     if (!rc)
         rc = json_i64_or_null(out, "ttft_us", r->ttft_us, r->ttft_us >= 0);
     if (!rc)
@@ -217,7 +260,7 @@ int ledger_row_json(const ledger_row *r, const char *instance, buf *out)
     if (!rc)
         rc = json_str_or_null(out, "error", r->error, true);
     if (!rc)
-        rc = buf_append_str(out, "}");
+        rc = buf_append(out, "}", 1);
     return rc;
 }
 

@@ -145,9 +145,20 @@ size_t money_format(int64_t nano, char *buf, size_t cap)
     while (nd > 2 && frac[nd - 1] == '0')
         nd--;
 
-    char tmp[MONEY_FMT_MAX];
-    int w = snprintf(tmp, sizeof tmp, "%s%" PRIu64 ".%.*s", neg ? "-" : "", ip, nd, frac);
-    size_t need = w > 0 ? (size_t)w : 0;
+    /* composed by hand: no printf on the per-call path */
+    char tmp[MONEY_FMT_MAX], idig[20];
+    size_t need = 0, ni = 0;
+    do {
+        idig[ni++] = (char)('0' + ip % 10);
+        ip /= 10;
+    } while (ip);
+    if (neg)
+        tmp[need++] = '-';
+    while (ni)
+        tmp[need++] = idig[--ni];
+    tmp[need++] = '.';
+    for (int k = 0; k < nd; k++)
+        tmp[need++] = frac[k];
     if (cap > 0) {
         size_t k = need < cap - 1 ? need : cap - 1;
         for (size_t j = 0; j < k; j++)

@@ -477,11 +477,19 @@ static void money_headers(const call *c, const call_usage *u, char *out, size_t 
 
 static int append_money(buf *b, const char *name, int64_t nano)
 {
-    char m[MONEY_FMT_MAX];
+    int rc = buf_append(b, ",\"", 2);
+    if (!rc)
+        rc = buf_append_str(b, name);
+    if (rc)
+        return rc;
     if (nano < 0)
-        return buf_printf(b, ",\"%s\":null", name);
-    money_format(nano, m, sizeof m);
-    return buf_printf(b, ",\"%s\":\"%s\"", name, m);
+        return buf_append(b, "\":null", 6);
+    char m[MONEY_FMT_MAX];
+    size_t n = money_format(nano, m, sizeof m);
+    rc = buf_append(b, "\":\"", 3);
+    if (!rc)
+        rc = buf_append(b, m, n);
+    return rc ? rc : buf_append(b, "\"", 1);
 }
 
 static const char *endpoint_name(const call *c)
@@ -578,54 +586,134 @@ static void call_log(call *c)
     call_usage_of(c, &u);
     buf b;
     buf_init(&b, 8192);
-    double ttft = c->t_first_ns ? (double)(c->t_first_ns - req->t_start_ns) / 1e6 : -1;
-    int rc = buf_printf(&b, "{\"request_id\":\"%s\",\"method\":\"POST\",\"path\":\"",
-                        req->request_id);
+    /* no printf: a line is written for every call */
+#define LIT(s) buf_append(&b, s, sizeof(s) - 1)
+#define STR(s) buf_append_str(&b, s)
+#define ESC(s) buf_append_json_escaped(&b, s, strlen(s))
+    int rc = LIT("{\"request_id\":\"");
+    if (!rc)
+        rc = STR(req->request_id);
+    if (!rc)
+        rc = LIT("\",\"method\":\"POST\",\"path\":\"");
     if (!rc)
         rc = buf_append_json_escaped(&b, req->path.p, req->path.len);
     if (!rc)
-        rc = buf_append_str(&b, "\",\"key_alias\":\"");
+        rc = LIT("\",\"key_alias\":\"");
     if (!rc)
-        rc = buf_append_json_escaped(&b, c->key->alias, strlen(c->key->alias));
-    if (!rc && c->who.key)
-        rc = buf_printf(&b, "\",\"key_id\":\"%s\",\"team_id\":\"%s\",\"org_id\":\"%s",
-                        c->who.key->e.id.s, c->who.key->team_id.s,
-                        c->who.team ? c->who.team->org_id.s : "");
+        rc = ESC(c->key->alias);
+    if (!rc && c->who.key) {
+        rc = LIT("\",\"key_id\":\"");
+        if (!rc)
+            rc = STR(c->who.key->e.id.s);
+        if (!rc)
+            rc = LIT("\",\"team_id\":\"");
+        if (!rc)
+            rc = STR(c->who.key->team_id.s);
+        if (!rc)
+            rc = LIT("\",\"org_id\":\"");
+        if (!rc)
+            rc = STR(c->who.team ? c->who.team->org_id.s : "");
+    }
     if (!rc)
-        rc = buf_printf(&b, "\",\"credential\":\"%s\",\"model\":\"",
-                        c->credential ? c->credential : "config");
+        rc = LIT("\",\"credential\":\"");
     if (!rc)
-        rc = buf_append_json_escaped(&b, c->info.model, strlen(c->info.model));
+        rc = STR(c->credential ? c->credential : "config");
     if (!rc)
-        rc = buf_printf(&b, "\",\"format\":\"%s\",\"upstream_format\":\"%s\",\"provider\":\"%s\","
-                        "\"provider_model\":\"",
-                        c->fin->name, c->fup->name, c->prov->name);
+        rc = LIT("\",\"model\":\"");
     if (!rc)
-        rc = buf_append_json_escaped(&b, c->provider_model, strlen(c->provider_model));
+        rc = ESC(c->info.model);
     if (!rc)
-        rc = buf_printf(&b, "\",\"attempts\":%u", c->attempts);
+        rc = LIT("\",\"format\":\"");
     if (!rc)
-        rc = buf_printf(&b,
-                        ",\"stream\":%s,\"status\":%d,\"upstream_status\":%d,"
-                        "\"prompt_tokens\":%" PRId64 ",\"completion_tokens\":%" PRId64
-                        ",\"cached_tokens\":%" PRId64 ",\"cache_write_tokens\":%" PRId64
-                        ",\"usage_source\":\"%s\","
-                        "\"meter_prompt_tokens\":%" PRIu64 ",\"meter_completion_tokens\":%" PRIu64
-                        ",\"tokenizer\":\"%s\",\"tokenizer_exact\":%s",
-                        c->info.stream ? "true" : "false", c->status, c->up_status, u.prompt,
-                        u.completion, u.cached, u.cache_write, u.source, c->prompt_est, u.metered,
-                        c->meter.enc ? tok_name(c->meter.enc) : "bytes/4",
-                        c->tok_exact && !meter_estimate_only(&c->meter) ? "true" : "false");
+        rc = STR(c->fin->name);
+    if (!rc)
+        rc = LIT("\",\"upstream_format\":\"");
+    if (!rc)
+        rc = STR(c->fup->name);
+    if (!rc)
+        rc = LIT("\",\"provider\":\"");
+    if (!rc)
+        rc = STR(c->prov->name);
+    if (!rc)
+        rc = LIT("\",\"provider_model\":\"");
+    if (!rc)
+        rc = ESC(c->provider_model);
+    if (!rc)
+        rc = LIT("\",\"attempts\":");
+    if (!rc)
+        rc = buf_append_u64(&b, c->attempts);
+    if (!rc)
+        rc = c->info.stream ? LIT(",\"stream\":true,\"status\":")
+                            : LIT(",\"stream\":false,\"status\":");
+    if (!rc)
+        rc = buf_append_i64(&b, c->status);
+    if (!rc)
+        rc = LIT(",\"upstream_status\":");
+    if (!rc)
+        rc = buf_append_i64(&b, c->up_status);
+    if (!rc)
+        rc = LIT(",\"prompt_tokens\":");
+    if (!rc)
+        rc = buf_append_i64(&b, u.prompt);
+    if (!rc)
+        rc = LIT(",\"completion_tokens\":");
+    if (!rc)
+        rc = buf_append_i64(&b, u.completion);
+    if (!rc)
+        rc = LIT(",\"cached_tokens\":");
+    if (!rc)
+        rc = buf_append_i64(&b, u.cached);
+    if (!rc)
+        rc = LIT(",\"cache_write_tokens\":");
+    if (!rc)
+        rc = buf_append_i64(&b, u.cache_write);
+    if (!rc)
+        rc = LIT(",\"usage_source\":\"");
+    if (!rc)
+        rc = STR(u.source);
+    if (!rc)
+        rc = LIT("\",\"meter_prompt_tokens\":");
+    if (!rc)
+        rc = buf_append_u64(&b, c->prompt_est);
+    if (!rc)
+        rc = LIT(",\"meter_completion_tokens\":");
+    if (!rc)
+        rc = buf_append_u64(&b, u.metered);
+    if (!rc)
+        rc = LIT(",\"tokenizer\":\"");
+    if (!rc)
+        rc = STR(c->meter.enc ? tok_name(c->meter.enc) : "bytes/4");
+    if (!rc)
+        rc = c->tok_exact && !meter_estimate_only(&c->meter) ? LIT("\",\"tokenizer_exact\":true")
+                                                             : LIT("\",\"tokenizer_exact\":false");
     if (!rc)
         rc = append_money(&b, "cost_usd", u.cost);
     if (!rc)
         rc = append_money(&b, "price_usd", u.price);
+    /* milliseconds with 3 decimals, microseconds with 1, rounded */
     if (!rc)
-        rc = buf_printf(&b,
-                        ",\"latency_ms\":%.3f,\"ttft_ms\":%.3f,\"overhead_us\":%.1f,"
-                        "\"bytes_out\":%" PRIu64 ",\"error\":",
-                        (double)(now - req->t_start_ns) / 1e6, ttft,
-                        (double)c->overhead_ns / 1e3, c->bytes_out);
+        rc = LIT(",\"latency_ms\":");
+    if (!rc)
+        rc = buf_append_fixed(&b, (int64_t)((now - req->t_start_ns + 500) / 1000), 3);
+    if (!rc)
+        rc = LIT(",\"ttft_ms\":");
+    if (!rc)
+        rc = c->t_first_ns
+                 ? buf_append_fixed(&b, (int64_t)((c->t_first_ns - req->t_start_ns + 500) / 1000), 3)
+                 : LIT("-1.000");
+    if (!rc)
+        rc = LIT(",\"overhead_us\":");
+    if (!rc)
+        rc = buf_append_fixed(&b, (int64_t)((c->overhead_ns + 50) / 100), 1);
+    if (!rc)
+        rc = LIT(",\"bytes_out\":");
+    if (!rc)
+        rc = buf_append_u64(&b, c->bytes_out);
+    if (!rc)
+        rc = LIT(",\"error\":");
+#undef LIT
+#undef STR
+#undef ESC
     if (!rc && c->error) {
         rc = buf_append(&b, "\"", 1);
         if (!rc)

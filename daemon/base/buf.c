@@ -73,6 +73,47 @@ int buf_append(buf *b, const void *p, size_t n)
     return 0;
 }
 
+int buf_append_u64(buf *b, uint64_t v)
+{
+    char d[20];
+    size_t i = sizeof(d);
+    do {
+        d[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return buf_append(b, d + i, sizeof(d) - i);
+}
+
+int buf_append_i64(buf *b, int64_t v)
+{
+    if (v >= 0)
+        return buf_append_u64(b, (uint64_t)v);
+    int rc = buf_append(b, "-", 1);
+    return rc ? rc : buf_append_u64(b, -(uint64_t)v);
+}
+
+int buf_append_fixed(buf *b, int64_t v, unsigned dec)
+{
+    static const uint64_t pow10[] = {1,      10,      100,      1000,      10000,
+                                     100000, 1000000, 10000000, 100000000, 1000000000};
+    if (dec > 9)
+        return -EINVAL;
+    uint64_t m = v < 0 ? -(uint64_t)v : (uint64_t)v, p = pow10[dec];
+    int rc = v < 0 ? buf_append(b, "-", 1) : 0;
+    if (!rc)
+        rc = buf_append_u64(b, m / p);
+    if (rc || dec == 0)
+        return rc;
+    char d[10];
+    d[0] = '.';
+    uint64_t f = m % p;
+    for (unsigned i = dec; i > 0; i--) {
+        d[i] = (char)('0' + f % 10);
+        f /= 10;
+    }
+    return buf_append(b, d, dec + 1);
+}
+
 int buf_printf(buf *b, const char *fmt, ...)
 {
     va_list ap;

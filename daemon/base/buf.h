@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -52,6 +53,13 @@ static inline int BUF_MUSTCHECK buf_append_str(buf *b, const char *s) { return b
 static inline int BUF_MUSTCHECK buf_append_slice(buf *b, slice s) { return buf_append(b, s.p, s.len); }
 /* Appends formatted text (snprintf rules). 0, -E2BIG, -ENOMEM. */
 int buf_printf(buf *b, const char *fmt, ...) BUF_MUSTCHECK __attribute__((format(printf, 2, 3)));
+/* Appends v in decimal, without printf (hot paths: log lines, ledger
+ * rows). 0, -E2BIG, -ENOMEM. */
+int buf_append_u64(buf *b, uint64_t v) BUF_MUSTCHECK;
+int buf_append_i64(buf *b, int64_t v) BUF_MUSTCHECK;
+/* Appends v / 10^dec with exactly dec decimals (dec <= 9):
+ * (1234567, 3) -> "1234.567", (-1500, 3) -> "-1.500". */
+int buf_append_fixed(buf *b, int64_t v, unsigned dec) BUF_MUSTCHECK;
 /* Appends everything f has left (up to the cap). 0, -E2BIG, -ENOMEM,
  * -EIO on a read error. */
 int buf_append_file(buf *b, FILE *f) BUF_MUSTCHECK;
