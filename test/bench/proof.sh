@@ -32,6 +32,7 @@
 #   PROOF_THREADS             wrk threads, capped at the connections (1)
 #   PROOF_WORKERS             tollgate's workers (1: one loop, as nginx runs one worker)
 #   PROOF_SECTIONS            which parts to run ("a b c d e")
+#   PROOF_PG_STATS=1          print PostgreSQL's statements by total time (pg_stat_statements) at the end
 #   BENCH_SKIP_SETUP=1        no apt-get and no cmake build; use PROOF_BIN
 #   PROOF_BIN                 tollgate binary (build-proof/tollgate)
 set -euo pipefail
@@ -526,6 +527,16 @@ for _ in $(seq 50); do
 done
 if [ "$ledger_rows" != "$gw_calls" ]; then
     failed+=("ledger: $ledger_rows rows in PostgreSQL's calls table for $gw_calls calls in tollgate's access log")
+fi
+# where PostgreSQL's share went: its statements by total execution time
+if [ "${PROOF_PG_STATS:-0}" = 1 ]; then
+    psql -X -q -d "$conninfo" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" \
+        -c "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms,
+        round((total_exec_time / greatest(calls, 1) * 1000)::numeric, 1) AS us_per_call, rows,
+        left(regexp_replace(query, '\s+', ' ', 'g'), 90) AS query
+        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12" >"$run/pg_stat_statements.txt" 2>&1 || true
+    echo "$bench_name: PostgreSQL statements by total time:" >&2
+    cat "$run/pg_stat_statements.txt" >&2
 fi
 
 if has e; then
