@@ -370,7 +370,10 @@ static void test_many_concurrent(void **state)
     for (int i = 0; i < MANY; i++) {
         snprintf(nums[i], sizeof(nums[i]), "%d", i);
         const char *v[] = {nums[i]};
-        send_on(&e, e.pool, &g_many[i], "select $1::int * 3, pg_backend_pid()", 1, v);
+        /* a millisecond each: three connections must not drain the queue
+         * before the fourth is up (they did, 1 run in 6 on an idle box) */
+        send_on(&e, e.pool, &g_many[i], "select $1::int * 3, pg_backend_pid() from pg_sleep(0.001)",
+                1, v);
     }
     assert_int_equal(stats_of(e.pool).queued, MANY);
     int want = MANY;
