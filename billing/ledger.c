@@ -260,6 +260,9 @@ int ledger_row_json(const ledger_row *r, const char *instance, buf *out)
     if (!rc)
         rc = json_str_or_null(out, "error", r->error, true);
     if (!rc)
+        rc = r->credit_leased ? buf_append_str(out, ",\"credit_leased\":true")
+                              : buf_append_str(out, ",\"credit_leased\":false");
+    if (!rc)
         rc = buf_append(out, "}", 1);
     return rc;
 }

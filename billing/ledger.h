@@ -71,10 +71,15 @@ typedef struct ledger_row {
     int64_t ttft_us;   /* < 0: no first byte */
     int attempts;      /* upstream attempts (retries and fallbacks); 0: none was made */
     const char *error; /* why it failed, or NULL */
+    /* the call's credits were reported to its team's credit lease (a
+     * consumption-mode team with enforced credits): the ledger's charge
+     * of it then comes out of that budget's reported spend. Not a column
+     * of calls; rows spooled without it count as reported. */
+    bool credit_leased;
 } ledger_row;
 
 /* Appends r as one JSON object (no newline) with the column names of the
- * calls table, plus "instance". 0, -E2BIG, -ENOMEM. */
+ * calls table, plus "instance" and "credit_leased". 0, -E2BIG, -ENOMEM. */
 int ledger_row_json(const ledger_row *r, const char *instance, buf *out) LEDGER_MUSTCHECK;
 
 /* The database side, given by the daemon. sink() starts shipping rows

@@ -209,6 +209,7 @@ typedef struct call {
     meter meter;                   /* the output's tokens as relayed */
     uint64_t prompt_est;           /* prompt tokens counted at admission */
     bool tok_exact;                /* the tokenizer is the model's own */
+    bool credit_leased;            /* admitted against its team's credit lease */
     const char *endpoint;          /* upstream path of an OpenAI-format call: "/chat/completions",
                                       "/completions", "/embeddings" */
     const chat_format *fin;        /* the caller's wire format */
@@ -537,6 +538,7 @@ static void call_ledger(call *c, const call_usage *u, int64_t latency_us, int64_
         .ttft_us = ttft_us,
         .attempts = (int)c->attempts,
         .error = c->error,
+        .credit_leased = c->credit_leased && c->claim.n,
     };
     (void)ledger_append(gw->ledger, &r); /* past its bound it still keeps the row */
 }
@@ -2631,8 +2633,10 @@ static int call_admit_budgets(call *c)
     if (t && t->org_max_budget_nano >= 0)
         refs[n++] = (budget_ref){"org", t->org_id.s};
     if (t && t->credit_limit_nano >= 0 &&
-        (t->budget_mode == TN_BUDGET_USD || t->budget_mode == TN_BUDGET_TOKENS))
+        (t->budget_mode == TN_BUDGET_USD || t->budget_mode == TN_BUDGET_TOKENS)) {
         refs[n++] = (budget_ref){"credit", t->e.id.s};
+        c->credit_leased = true; /* a call refused here writes no ledger row */
+    }
     if (!n)
         return 0;
     c->worst = call_worst_price(c);

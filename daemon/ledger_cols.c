@@ -44,6 +44,7 @@ const char *const ledger_col_names[LEDGER_NCOLS] = {
     "ttft_us",
     "error",
     "attempts",
+    "credit_leased",
 };
 
 void ledger_cols_init(ledger_cols *c)

@@ -20,7 +20,7 @@
 
 #include "daemon/base/buf.h"
 
-#define LEDGER_NCOLS 28
+#define LEDGER_NCOLS 29
 
 /* The rows as SQL: a FROM item over parameters $1..$28 (the columns)... */
 #define LEDGER_COLS_UNNEST                                                                         \
@@ -28,11 +28,12 @@
     "$7::uuid[], $8::uuid[], $9::uuid[], $10::text[], $11::text[], $12::text[], $13::text[], "     \
     "$14::boolean[], $15::integer[], $16::integer[], $17::bigint[], $18::bigint[], "               \
     "$19::bigint[], $20::bigint[], $21::text[], $22::bigint[], $23::bigint[], $24::text[], "       \
-    "$25::bigint[], $26::bigint[], $27::text[], $28::smallint[]) AS x(id, at, request_id, "        \
-    "instance, key_id, key_alias, team_id, org_id, job_id, endpoint, requested_model, provider, "  \
+    "$25::bigint[], $26::bigint[], $27::text[], $28::smallint[], $29::boolean[]) AS x(id, at, "    \
+    "request_id, instance, key_id, key_alias, team_id, org_id, job_id, endpoint, "                 \
+    "requested_model, provider, "                                                                  \
     "provider_model, stream, status, upstream_status, prompt_tokens, completion_tokens, "          \
     "cached_tokens, cache_write_tokens, usage_source, cost_nano, price_nano, credential, "         \
-    "latency_us, ttft_us, error, attempts)"
+    "latency_us, ttft_us, error, attempts, credit_leased)"
 /* ... and over one parameter (the JSON array), with the same columns. */
 #define LEDGER_JSON_RECORDSET(param)                                                               \
     "jsonb_to_recordset(" param "::jsonb) AS x(id text, at timestamptz, request_id text, "         \
@@ -41,9 +42,10 @@
     "status integer, upstream_status integer, prompt_tokens bigint, completion_tokens bigint, "    \
     "cached_tokens bigint, cache_write_tokens bigint, usage_source text, cost_nano bigint, "       \
     "price_nano bigint, credential text, latency_us bigint, ttft_us bigint, error text, "          \
-    "attempts smallint)"
+    "attempts smallint, credit_leased boolean)"
 
-/* Column names in parameter order ($1 = id ... $28 = attempts). */
+/* Column names in parameter order ($1 = id ... $28 = attempts, $29 =
+ * credit_leased: not a column of calls, see billing/ledger.h). */
 extern const char *const ledger_col_names[LEDGER_NCOLS];
 
 typedef struct ledger_cols {

@@ -118,7 +118,9 @@ typedef struct row_req row_req;
  * consumption mode pay from their credits for the batch's newly inserted
  * calls, per team (BYOK calls are never charged), and what the instances
  * reported of it to their credit leases is now in the balance (migration
- * 0006). */
+ * 0006): only the calls admitted against a credit lease were reported
+ * (credit_leased; not those an instance admitted before it knew the team's
+ * credits were enforced), so only theirs comes out of the reported spend. */
 #define LEDGER_WRITE                                                                               \
     "ins AS (INSERT INTO calls (" LEDGER_INSERT_COLS ") SELECT " LEDGER_SELECT_COLS " FROM r "     \
     "ON CONFLICT (id, at) DO NOTHING RETURNING *), "                                               \
@@ -137,17 +139,22 @@ typedef struct row_req row_req;
     "u.cached_tokens + excluded.cached_tokens, cost_nano = u.cost_nano + excluded.cost_nano, "     \
     "price_nano = u.price_nano + excluded.price_nano, latency_us_sum = u.latency_us_sum + "        \
     "excluded.latency_us_sum), "                                                                   \
+    "insl AS (SELECT i.*, NOT EXISTS (SELECT 1 FROM r WHERE r.id = i.id AND r.at = i.at AND "      \
+    "r.credit_leased IS FALSE) AS leased FROM ins i), "                                            \
     "chgs AS (SELECT i.team_id, count(*) AS calls, CASE WHEN t.budget_mode = "                     \
     "'consumption_usd' THEN coalesce(sum(i.price_nano), 0)::bigint ELSE ceil(sum("                 \
     "i.prompt_tokens + i.completion_tokens)::numeric * 1000000000 / "                              \
-    "t.tokens_per_credit)::bigint END AS amount FROM ins i JOIN teams t ON t.id = i.team_id "      \
-    "WHERE t.budget_mode IN ('consumption_usd', 'consumption_tokens') AND i.credential NOT "       \
-    "LIKE '%byok' GROUP BY i.team_id, t.budget_mode, t.tokens_per_credit), "                       \
+    "t.tokens_per_credit)::bigint END AS amount, CASE WHEN t.budget_mode = 'consumption_usd' "     \
+    "THEN coalesce(sum(i.price_nano) FILTER (WHERE i.leased), 0)::bigint ELSE coalesce(ceil("      \
+    "sum(i.prompt_tokens + i.completion_tokens) FILTER (WHERE i.leased)::numeric * 1000000000 "    \
+    "/ t.tokens_per_credit), 0)::bigint END AS reported FROM insl i JOIN teams t ON "              \
+    "t.id = i.team_id WHERE t.budget_mode IN ('consumption_usd', 'consumption_tokens') AND "       \
+    "i.credential NOT LIKE '%byok' GROUP BY i.team_id, t.budget_mode, t.tokens_per_credit), "      \
     "chg AS (INSERT INTO credit_transactions (team_id, amount_nano, kind, actor, note) "           \
     "SELECT team_id, -amount, 'usage', 'gateway', calls || ' calls' FROM chgs "                    \
     "WHERE amount <> 0 ORDER BY team_id), "                                                        \
-    "rep AS (UPDATE budgets b SET spent_nano = b.spent_nano - c.amount FROM chgs c "               \
-    "WHERE b.scope = 'credit' AND b.scope_id = c.team_id AND c.amount <> 0) "                      \
+    "rep AS (UPDATE budgets b SET spent_nano = b.spent_nano - c.reported FROM chgs c "             \
+    "WHERE b.scope = 'credit' AND b.scope_id = c.team_id AND c.reported <> 0) "                    \
     "SELECT count(*) FROM ins"
 static const pg_stmt ledger_insert_cols = {"tg_ledger_insert_cols", LEDGER_FROM_COLS LEDGER_WRITE,
                                            LEDGER_NCOLS};

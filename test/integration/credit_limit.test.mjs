@@ -208,6 +208,23 @@ describe('credits run out: calls are refused', () => {
     assert.equal(r.status, 201, await r.text());
   });
 
+  it('calls admitted before an instance knows a team\'s credits are enforced are charged, not taken from the reported spend', T, async () => {
+    const { team, key } = await tenant('late', { credit_limit: null });
+    // what setting a limit does in the database (the trigger of 0006),
+    // before the instances have reloaded the team: they still admit its
+    // calls without a credit lease, so nothing of them is reported
+    q("INSERT INTO budgets (scope, scope_id, max_nano) VALUES ('credit', :'p1', 0)", [team.id]);
+    for (let i = 0; i < 3; i++) assert.equal((await call(a, key)).status, 200);
+    await shipped(team.id, 3);
+    const spent = num("SELECT sum(price_nano) FROM calls WHERE team_id = :'p1' AND status = 200", [team.id]);
+    assert.ok(spent > 0);
+    const until = performance.now() + 5000;
+    while (balance(team.id) !== -spent && performance.now() < until) await sleep(25);
+    assert.equal(balance(team.id), -spent, 'the calls are charged');
+    assert.equal(q("SELECT spent_nano FROM budgets WHERE scope = 'credit' AND scope_id = :'p1'", [team.id]), '0',
+      'nothing was reported, so nothing comes out of the reported spend');
+  });
+
   it('stopped instances return their leases: what was reported equals what was charged', T, async () => {
     for (const gw of [a, b]) {
       const exit = await gw.stop(15000);

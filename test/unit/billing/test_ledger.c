@@ -283,9 +283,11 @@ static const char *const COLUMNS[] = {
     "ttft_us",
     "attempts",
     "error",
+    "credit_leased",
 };
 
-/* The keys are exactly the columns of the calls table (+ instance). */
+/* The keys are exactly the columns of the calls table (+ instance and
+ * credit_leased). */
 static void assert_columns(json_t *o)
 {
     size_t n = sizeof(COLUMNS) / sizeof(COLUMNS[0]);

@@ -66,6 +66,7 @@ static void test_rows_of_the_ledger(void **state)
     r.upstream_status = 0;
     r.error = "upstream: connection refused";
     r.ttft_us = 9;
+    r.credit_leased = true;
     assert_int_equal(ledger_row_json(&r, "gw-1", &j), 0);
     assert_int_equal(buf_append_str(&j, "]"), 0);
 
@@ -92,6 +93,7 @@ static void test_rows_of_the_ledger(void **state)
     assert_string_equal(col(&c, "error"), "{NULL,\"upstream: connection refused\"}");
     assert_string_equal(col(&c, "attempts"), "{1,1}");
     assert_string_equal(col(&c, "endpoint"), "{\"chat\",\"chat\"}");
+    assert_string_equal(col(&c, "credit_leased"), "{false,true}");
 
     /* the same buffers serve the next batch */
     const char one[] = "[{\"id\":\"x\",\"at\":\"2025-01-01T00:00:00Z\"}]";

@@ -1200,6 +1200,7 @@ static void test_ledger_cols_match_json(void **state)
             .latency_us = 321,
             .ttft_us = i % 2 ? -1 : 7,
             .attempts = (int)i,
+            .credit_leased = i % 3 == 1,
             .error = i % 2 ? texts[(i + 6) % nt] : NULL,
         };
         if (i)
@@ -1226,7 +1227,7 @@ static void test_ledger_cols_match_json(void **state)
     call c;
     run_on(&e, e.pool, &c,
            "WITH a AS (SELECT * FROM " LEDGER_COLS_UNNEST "), "
-           "b AS (SELECT * FROM " LEDGER_JSON_RECORDSET("$29") ") "
+           "b AS (SELECT * FROM " LEDGER_JSON_RECORDSET("$30") ") "
            "SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM b), "
            "(SELECT count(*) FROM (SELECT * FROM a EXCEPT ALL SELECT * FROM b) d), "
            "(SELECT count(*) FROM (SELECT * FROM b EXCEPT ALL SELECT * FROM a) d)",
